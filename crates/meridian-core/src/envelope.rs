@@ -1,0 +1,174 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{EventId, TenantId, Timestamp};
+
+/// A topic name: `deployment.{deployment}.platform.{domain}.{event...}` (DESIGN.md §5).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Topic(String);
+
+impl Topic {
+    /// Builds a platform topic. `domain` and each event segment must match `[a-z0-9_-]+`;
+    /// they are compile-time constants in Meridian, so a bad one is a bug and panics in tests.
+    pub fn platform(deployment: &str, domain: &str, event: &str) -> Topic {
+        debug_assert!(
+            [deployment, domain]
+                .into_iter()
+                .chain(event.split('.'))
+                .all(valid_segment),
+            "invalid topic segment in {deployment}/{domain}/{event}"
+        );
+        Topic(format!("deployment.{deployment}.platform.{domain}.{event}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A topic segment: `[a-z0-9_-]+`.
+pub fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A CloudEvents 1.0 envelope with Meridian's extensions (`tenant`, `traceparent`,
+/// `schemaversion`) and JSON data. This exact JSON is what the outbox stores and the bus
+/// carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub specversion: String,
+    pub id: EventId,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub time: Timestamp,
+    pub subject: String,
+    pub datacontenttype: String,
+    pub tenant: TenantId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    pub schemaversion: String,
+    pub data: serde_json::Value,
+}
+
+impl Envelope {
+    /// A new event of `ty` (such as `meridian.oms.order.created`) about `subject`, the
+    /// aggregate id that orders events per key.
+    pub fn new(
+        source: impl Into<String>,
+        ty: impl Into<String>,
+        tenant: TenantId,
+        subject: impl Into<String>,
+        time: Timestamp,
+        data: serde_json::Value,
+    ) -> Self {
+        Self {
+            specversion: "1.0".into(),
+            id: EventId::new(),
+            source: source.into(),
+            ty: ty.into(),
+            time,
+            subject: subject.into(),
+            datacontenttype: "application/json".into(),
+            tenant,
+            traceparent: None,
+            schemaversion: "1".into(),
+            data,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_serializes_cloudevents_attributes() {
+        let tenant = TenantId::new();
+        let e = Envelope::new(
+            "/meridian/local/orders",
+            "meridian.oms.order.created",
+            tenant,
+            "order-1",
+            crate::now(),
+            serde_json::json!({"a": 1}),
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "meridian.oms.order.created");
+        assert_eq!(v["datacontenttype"], "application/json");
+        assert_eq!(v["tenant"], tenant.to_string());
+        assert_eq!(v["schemaversion"], "1");
+        assert!(v.get("traceparent").is_none());
+        let back: Envelope = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn platform_topics_follow_the_grammar() {
+        let t = Topic::platform("local", "oms", "order.created");
+        assert_eq!(t.as_str(), "deployment.local.platform.oms.order.created");
+        assert!(valid_segment("a-b_1"));
+        assert!(!valid_segment("A"));
+        assert!(!valid_segment(""));
+    }
+}
+
+/// An event on its way out: the topic it goes to and its envelope. The outbox stores these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    pub topic: Topic,
+    pub envelope: Envelope,
+}
+
+/// Makes events for one deployment: the topic namespace and the CloudEvents `source`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSource {
+    deployment: String,
+}
+
+impl EventSource {
+    /// `deployment` must be a valid topic segment (`[a-z0-9_-]+`).
+    pub fn new(deployment: &str) -> Result<Self, String> {
+        if valid_segment(deployment) {
+            Ok(Self {
+                deployment: deployment.to_owned(),
+            })
+        } else {
+            Err(format!(
+                "deployment id {deployment:?} must be 1 or more of a-z, 0-9, '_' and '-'"
+            ))
+        }
+    }
+
+    pub fn deployment(&self) -> &str {
+        &self.deployment
+    }
+
+    /// An event `{domain}.{event}` about `subject` (the aggregate id) for `tenant`, with
+    /// type `meridian.{domain}.{event}` and topic
+    /// `deployment.{deployment}.platform.{domain}.{event}`.
+    pub fn event(
+        &self,
+        domain: &str,
+        event: &str,
+        tenant: TenantId,
+        subject: impl Into<String>,
+        data: serde_json::Value,
+        time: Timestamp,
+    ) -> OutboxEvent {
+        OutboxEvent {
+            topic: Topic::platform(&self.deployment, domain, event),
+            envelope: Envelope::new(
+                format!("/meridian/{}/{domain}", self.deployment),
+                format!("meridian.{domain}.{event}"),
+                tenant,
+                subject,
+                time,
+                data,
+            ),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The store port and its backends.
+//!
+//! [`Store`] is the one contract every backend implements: tenancy and API keys, catalog,
+//! warehouses, stock with its ledger, orders and the outbox. Two backends live here:
+//! [`sqlite`] (the embedded default: WAL, one writer thread with group commit, a pool of
+//! readers) and [`postgres`] (feature `postgres`). Both pass the conformance suite in
+//! `tests/it/conformance.rs`.
+//!
+//! Order placement is batched: requests queue for the backend's writer, which takes a batch,
+//! loads and locks the rows it touches, runs [`meridian_orders::plan_batch`] and writes the
+//! result in one transaction. A caller is answered only after that transaction is durable.
+
+mod cursor;
+mod error;
+mod keys;
+mod port;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod sqlite;
+
+pub use cursor::{decode_cursor, encode_cursor};
+pub use error::StoreError;
+pub use keys::{ApiKeySecret, hash_secret, parse_api_key};
+pub use port::*;
+
+use std::sync::Arc;
+
+/// Which backend to open, from configuration.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    Sqlite(sqlite::SqliteConfig),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PgConfig),
+}
+
+/// Opens the configured backend and brings its schema up to date.
+pub async fn open(
+    config: StoreConfig,
+    events: meridian_core::EventSource,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Sqlite(c) => Arc::new(sqlite::SqliteStore::open(c, events).await?),
+        #[cfg(feature = "postgres")]
+        StoreConfig::Postgres(c) => Arc::new(postgres::PgStore::open(c, events).await?),
+    })
+}

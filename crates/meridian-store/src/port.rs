@@ -1,0 +1,205 @@
+use async_trait::async_trait;
+use meridian_catalog::{NewProduct, Product, ProductPatch};
+use meridian_core::{ApiKeyId, Envelope, OrderId, Sku, TenantId, Timestamp, Topic, WarehouseCode};
+use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
+use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// The roles a credential can carry. Issue-2 keys are all `Admin`; users and finer roles
+/// arrive with the auth service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+}
+
+/// An API key as listed: never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A key just created: the only time its token is available.
+#[derive(Clone, Debug)]
+pub struct CreatedApiKey {
+    pub key: ApiKey,
+    pub token: String,
+}
+
+/// Who is calling: the result of authenticating a credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant_id: TenantId,
+    pub key_id: ApiKeyId,
+    pub role: Role,
+}
+
+/// Cursor pagination: at most `limit` items after the opaque `cursor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+impl PageRequest {
+    pub const DEFAULT_LIMIT: u32 = 50;
+    pub const MAX_LIMIT: u32 = 200;
+
+    pub fn first(limit: u32) -> Self {
+        Self {
+            limit,
+            cursor: None,
+        }
+    }
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self::first(Self::DEFAULT_LIMIT)
+    }
+}
+
+/// One page; `next_cursor` is `None` on the last page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// A row of the outbox, in commit order (`seq`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub seq: i64,
+    pub topic: Topic,
+    pub envelope: Envelope,
+    pub sent_at: Option<Timestamp>,
+}
+
+/// The store contract. Every method that takes a [`TenantId`] sees only that tenant's rows:
+/// another tenant's SKU, warehouse or order is `NotFound`, exactly as if it did not exist.
+///
+/// Every state change writes its outbox event in the same transaction as the change, and a
+/// method returns `Ok` only once that transaction is durable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// Succeeds when the store answers a trivial query.
+    async fn ping(&self) -> Result<()>;
+
+    // --- tenancy ---
+    async fn create_tenant(&self, name: &str) -> Result<Tenant>;
+    async fn get_tenant(&self, tenant: TenantId) -> Result<Tenant>;
+    /// Creates an admin key; the token is returned here and never again.
+    async fn create_api_key(&self, tenant: TenantId, name: &str) -> Result<CreatedApiKey>;
+    async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKey>>;
+    async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()>;
+    /// The principal for a presented token, or `None` if the token is unknown, malformed or
+    /// revoked.
+    async fn authenticate(&self, token: &str) -> Result<Option<Principal>>;
+
+    // --- catalog ---
+    /// `AlreadyExists` if the tenant has the SKU. Emits `platform.data.product.created`.
+    async fn create_product(&self, tenant: TenantId, product: NewProduct) -> Result<Product>;
+    async fn get_product(&self, tenant: TenantId, sku: &Sku) -> Result<Product>;
+    /// Products by ascending SKU.
+    async fn list_products(&self, tenant: TenantId, page: PageRequest) -> Result<Page<Product>>;
+    /// Emits `platform.data.product.updated` when something changed.
+    async fn update_product(
+        &self,
+        tenant: TenantId,
+        sku: &Sku,
+        patch: ProductPatch,
+    ) -> Result<Product>;
+    /// Emits `platform.data.product.deleted`. Stock levels and ledger rows stay for audit;
+    /// new orders for the SKU get `UnknownSkus`.
+    async fn delete_product(&self, tenant: TenantId, sku: &Sku) -> Result<()>;
+
+    // --- warehouses ---
+    /// `AlreadyExists` if the tenant has the code. Emits `platform.data.warehouse.created`.
+    async fn create_warehouse(
+        &self,
+        tenant: TenantId,
+        warehouse: NewWarehouse,
+    ) -> Result<Warehouse>;
+    /// Warehouses by ascending priority, then code.
+    async fn list_warehouses(&self, tenant: TenantId) -> Result<Vec<Warehouse>>;
+
+    // --- inventory ---
+    /// Sets on-hand to an absolute count, creating the level if needed. `StockConflict` if
+    /// the count is below what is reserved. `NotFound` for an unknown warehouse or SKU.
+    /// Writes a ledger row and emits `platform.data.stock.changed`.
+    async fn set_stock(
+        &self,
+        tenant: TenantId,
+        warehouse: &WarehouseCode,
+        sku: &Sku,
+        on_hand: i64,
+        reason: &str,
+    ) -> Result<StockLevel>;
+    /// Adds `delta` (which may be negative) to on-hand. `StockConflict` if on-hand would go
+    /// below zero or below what is reserved. Ledger row and event as for `set_stock`.
+    async fn adjust_stock(
+        &self,
+        tenant: TenantId,
+        warehouse: &WarehouseCode,
+        sku: &Sku,
+        delta: i64,
+        reason: &str,
+    ) -> Result<StockLevel>;
+    /// Every level of a known SKU, by warehouse priority then code (empty if none yet).
+    /// `NotFound` if the SKU is not in the catalog.
+    async fn get_stock(&self, tenant: TenantId, sku: &Sku) -> Result<Vec<StockLevel>>;
+    /// Ledger rows of a SKU, oldest first. `NotFound` if the SKU is not in the catalog.
+    async fn ledger(
+        &self,
+        tenant: TenantId,
+        sku: &Sku,
+        page: PageRequest,
+    ) -> Result<Page<LedgerEntry>>;
+    /// Levels that disagree with the sum of their ledger rows (for one tenant, or all).
+    async fn reconcile(&self, tenant: Option<TenantId>) -> Result<Vec<Mismatch>>;
+
+    // --- orders ---
+    /// Places an order: allocates and reserves stock, writes the order, its ledger rows, its
+    /// idempotency key and its `platform.oms.order.created` event in one durable transaction.
+    /// A retry with the same key and body returns the first order.
+    async fn place_order(&self, order: PlaceOrder) -> Result<Order>;
+    async fn get_order(&self, tenant: TenantId, id: OrderId) -> Result<Order>;
+    /// Orders newest first, optionally with one status.
+    async fn list_orders(
+        &self,
+        tenant: TenantId,
+        status: Option<OrderStatus>,
+        page: PageRequest,
+    ) -> Result<Page<Order>>;
+    /// Cancel releases the reservation; fulfil commits it. `InvalidTransition` when the
+    /// state machine forbids the action.
+    async fn transition_order(
+        &self,
+        tenant: TenantId,
+        id: OrderId,
+        action: OrderAction,
+    ) -> Result<Order>;
+
+    // --- outbox ---
+    /// Outbox rows with `seq > after`, oldest first.
+    async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRecord>>;
+}
