@@ -1,1 +1,179 @@
-fn main() {}
+//! The `meridian` binary: command line, configuration and the wiring of backends. The
+//! behaviour lives in the library crates; this crate only assembles them.
+
+mod bench;
+mod config;
+mod demo;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Real-time inventory and order fulfillment for multi-tenant commerce"
+)]
+struct Cli {
+    /// A TOML config file; defaults to ./meridian.toml when it exists. Environment variables
+    /// override it (see README.md for the list).
+    #[arg(long, global = true, env = "MERIDIAN_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process on embedded defaults, with a demo tenant on first start.
+    Dev,
+    /// Serve the API with the configured backends (for production).
+    Serve,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Manage tenants.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+    /// Inventory maintenance.
+    Stock {
+        #[command(subcommand)]
+        command: StockCommand,
+    },
+    /// Benchmarks against a real server over TCP.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// Create a tenant and its first admin API key (shown once).
+    Create {
+        name: String,
+        /// Print exactly {"tenant_id": "...", "api_key": "..."} on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StockCommand {
+    /// Check every stock level against the sum of its ledger; exits 1 on any mismatch.
+    Reconcile {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<meridian_core::TenantId>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Bench { command } = cli.command {
+        init_logging(LogFormat::Text, "warn");
+        return bench::run(command).await.map(|()| ExitCode::SUCCESS);
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Dev => {
+            init_logging(config.log_format, "info");
+            demo::run_dev(config).await?;
+        }
+        Command::Serve => {
+            init_logging(config.log_format, "info");
+            server::serve(config, None).await?;
+        }
+        Command::Migrate => {
+            init_logging(config.log_format, "info");
+            let store = server::open_store(&config).await?;
+            eprintln!("schema of the {} store is up to date", store.backend());
+        }
+        Command::Tenants {
+            command: TenantsCommand::Create { name, json },
+        } => {
+            init_logging(config.log_format, "warn");
+            let store = server::open_store(&config).await?;
+            let tenant = store
+                .create_tenant(&name)
+                .await
+                .context("cannot create the tenant")?;
+            let key = store
+                .create_api_key(tenant.id, "admin")
+                .await
+                .context("cannot create the API key")?;
+            if json {
+                let out = serde_json::json!({"tenant_id": tenant.id, "api_key": key.token});
+                println!("{out}");
+            } else {
+                println!("tenant {} ({})", tenant.name, tenant.id);
+                println!("api key {} (shown once; store it now)", key.token);
+            }
+        }
+        Command::Stock {
+            command: StockCommand::Reconcile { tenant },
+        } => {
+            init_logging(config.log_format, "warn");
+            let store = server::open_store(&config).await?;
+            let mismatches = store.reconcile(tenant).await?;
+            if mismatches.is_empty() {
+                println!("ok: every stock level agrees with its ledger");
+            } else {
+                for m in &mismatches {
+                    println!(
+                        "mismatch: tenant {} warehouse {} sku {}: level (on_hand {}, reserved {}) but ledger (on_hand {}, reserved {})",
+                        m.tenant_id,
+                        m.warehouse_id,
+                        m.sku,
+                        m.level.0,
+                        m.level.1,
+                        m.ledger.0,
+                        m.ledger.1
+                    );
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Bench { .. } => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,1 +1,7 @@
-//! Integration tests.
+//! Integration tests of `meridian-store`: the backend-neutral conformance suite
+//! ([`conformance`]) run against every backend, plus each backend's own tests.
+
+mod conformance;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod sqlite;

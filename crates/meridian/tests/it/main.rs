@@ -1,1 +1,7 @@
-//! Integration tests.
+//! Black-box tests: the real `meridian` binary as a child process, over real HTTP, on SQLite
+//! and on PostgreSQL.
+
+mod cli;
+mod crash;
+mod race;
+mod support;

@@ -1,0 +1,125 @@
+//! Opening connections, their PRAGMAs, schema migrations and the write-transaction helper.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
+
+use crate::StoreError;
+
+use super::rows::ts;
+
+/// Embedded migrations, applied in order; a version is never edited once released.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// How long a statement waits for another writer (possibly another process, such as
+/// `meridian tenants create` next to a running server) before giving up with `Unavailable`.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(5_000);
+
+/// Enough cached statements for every query the order writer and the read paths run.
+const STATEMENT_CACHE: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    Write,
+    Read,
+}
+
+/// Opens a connection to `path` with Meridian's PRAGMAs.
+pub(super) fn open(path: &Path, access: Access) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        tracing::error!(error = %e, path = %path.display(), "cannot open sqlite database");
+        StoreError::Unavailable(format!("cannot open sqlite database {}", path.display()))
+    })?;
+    configure(&conn, access)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, access: Access) -> Result<(), StoreError> {
+    // Set first, so that the PRAGMAs below already wait for a concurrent writer.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers never block the writer and the writer never blocks readers. The mode is
+    // stored in the file; setting it on every connection is a no-op after the first.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::error!(mode, "sqlite refused WAL mode");
+        return Err(StoreError::Unavailable(format!(
+            "sqlite refused WAL journal mode (got {mode})"
+        )));
+    }
+    // FULL: a commit is fsynced before it returns, so an acknowledged order survives a
+    // crash or power loss (DESIGN.md §4.2). Group commit pays that fsync once per batch.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // SQLite's default page cache is 2 MiB; once the indexes outgrow it every insert re-reads
+    // pages from the OS. The writer touches the most pages, so it gets the most room
+    // (negative values are KiB).
+    let cache_kib = match access {
+        Access::Write => 64 * 1024,
+        Access::Read => 16 * 1024,
+    };
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    if access == Access::Read {
+        // Read connections are opened read-write (so they can take part in WAL recovery
+        // and share memory) but refuse to change anything.
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    Ok(())
+}
+
+/// Brings the schema up to date. Safe to run from several processes at once: the check and
+/// the migrations happen inside one `BEGIN IMMEDIATE` transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at TEXT NOT NULL
+         ) STRICT",
+    )?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database schema is version {current}, newer than this build's \
+             {SCHEMA_VERSION}; upgrade meridian"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.execute_batch(sql).map_err(|e| {
+            tracing::error!(error = %e, version, "sqlite migration failed");
+            StoreError::Internal(format!("sqlite migration {version} failed"))
+        })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, ts(&meridian_core::now())],
+        )?;
+        tracing::info!(version, "applied sqlite migration");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it. Taking the write lock up
+/// front means a transaction never has to upgrade from reader to writer, which in WAL mode
+/// fails with `SQLITE_BUSY` without waiting; instead it waits in `BEGIN` under
+/// busy_timeout. An error rolls everything back.
+pub(super) fn immediate<R>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Transaction<'_>) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let r = f(&tx)?;
+    tx.commit()?;
+    Ok(r)
+}

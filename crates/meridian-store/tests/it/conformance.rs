@@ -1,0 +1,1698 @@
+//! The store conformance suite: the [`Store`] contract, as every backend must keep it.
+//!
+//! Each case is a `pub async fn case(store: Arc<dyn Store>)` that gets a fresh, empty store
+//! whose events are made by `EventSource::new("test")`. A backend runs every case with
+//!
+//! ```ignore
+//! async fn my_store() -> TestStore { ... }
+//! crate::conformance::conformance_suite!(my_store);
+//! ```
+//!
+//! which expands to one `#[tokio::test]` per case on a multi-threaded runtime, so that the
+//! concurrency cases really race.
+
+use std::any::Any;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use meridian_catalog::{Attributes, NewProduct, Product, ProductPatch};
+use meridian_core::{Money, OrderId, Quantity, Sku, TenantId, WarehouseCode};
+use meridian_inventory::{LedgerEntry, MovementKind, NewWarehouse, StockLevel, Warehouse};
+use meridian_orders::{
+    AllocationStrategy, Order, OrderAction, OrderLineRequest, OrderRequest, OrderStatus, PlaceOrder,
+};
+use meridian_store::{OutboxRecord, PageRequest, Role, Store, StoreError};
+
+/// A store under test and whatever must live as long as it (a temporary directory, a
+/// database schema to drop).
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    pub _guard: Box<dyn Any + Send + Sync>,
+}
+
+/// Expands to one test per conformance case, each on a fresh store from `$factory`, an
+/// async fn returning a [`TestStore`].
+macro_rules! conformance_suite {
+    ($factory:path) => {
+        $crate::conformance::conformance_suite!(@cases $factory;
+            tenants_and_api_keys,
+            product_crud,
+            duplicate_sku_is_already_exists,
+            product_pagination,
+            warehouses,
+            set_and_adjust_stock,
+            orders_priority_allocation,
+            orders_most_stock_allocation,
+            orders_split_allocation,
+            insufficient_stock_names_each_short_sku,
+            unknown_skus_and_mixed_currencies,
+            cancel_releases_and_fulfil_commits,
+            list_orders_pages_and_filters,
+            idempotent_retries,
+            concurrent_requests_with_one_key_make_one_order,
+            outbox_has_exactly_the_committed_changes,
+            the_race_for_the_last_units,
+            mixed_concurrent_writes_reconcile,
+            tenant_isolation,
+        );
+    };
+    (@cases $factory:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let test_store = $factory().await;
+                $crate::conformance::$case(::std::sync::Arc::clone(&test_store.store)).await;
+                drop(test_store);
+            }
+        )+
+    };
+}
+pub(crate) use conformance_suite;
+
+// --- fixtures ---
+
+const DEPLOYMENT: &str = "test";
+
+fn sku(s: &str) -> Sku {
+    s.parse().unwrap()
+}
+
+fn code(s: &str) -> WarehouseCode {
+    s.parse().unwrap()
+}
+
+fn money(amount: i64, currency: &str) -> Money {
+    Money::new(amount, currency.parse().unwrap())
+}
+
+fn topic(domain: &str, event: &str) -> String {
+    format!("deployment.{DEPLOYMENT}.platform.{domain}.{event}")
+}
+
+async fn tenant(store: &dyn Store, name: &str) -> TenantId {
+    store.create_tenant(name).await.unwrap().id
+}
+
+fn new_product(s: &str, price: i64, currency: &str) -> NewProduct {
+    let mut attributes = Attributes::new();
+    attributes.insert("color".into(), "red".into());
+    attributes.insert("size".into(), 42.into());
+    NewProduct {
+        sku: sku(s),
+        name: format!("Product {s}"),
+        description: Some(format!("The {s}")),
+        price: money(price, currency),
+        attributes,
+    }
+}
+
+async fn product(store: &dyn Store, t: TenantId, s: &str, price: i64, currency: &str) -> Product {
+    store
+        .create_product(t, new_product(s, price, currency))
+        .await
+        .unwrap()
+}
+
+async fn warehouse(store: &dyn Store, t: TenantId, c: &str, priority: i32) -> Warehouse {
+    store
+        .create_warehouse(
+            t,
+            NewWarehouse {
+                code: code(c),
+                name: format!("Warehouse {c}"),
+                priority,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+async fn set(store: &dyn Store, t: TenantId, c: &str, s: &str, n: i64) -> StockLevel {
+    store
+        .set_stock(t, &code(c), &sku(s), n, "stock take")
+        .await
+        .unwrap()
+}
+
+fn request(lines: &[(&str, i64)], strategy: AllocationStrategy) -> OrderRequest {
+    let lines = lines
+        .iter()
+        .map(|(s, q)| OrderLineRequest {
+            sku: sku(s),
+            quantity: Quantity::new(*q).unwrap(),
+        })
+        .collect();
+    OrderRequest::new(lines, None, None, strategy).unwrap()
+}
+
+fn order_cmd(t: TenantId, lines: &[(&str, i64)], strategy: AllocationStrategy) -> PlaceOrder {
+    PlaceOrder {
+        tenant_id: t,
+        request: request(lines, strategy),
+        idempotency_key: None,
+        request_hash: format!("{strategy:?}:{lines:?}"),
+    }
+}
+
+fn keyed_cmd(t: TenantId, lines: &[(&str, i64)], key: &str) -> PlaceOrder {
+    PlaceOrder {
+        idempotency_key: Some(key.to_owned()),
+        ..order_cmd(t, lines, AllocationStrategy::Priority)
+    }
+}
+
+/// `(warehouse code, units)` of each allocation of an order's only line.
+fn allocations(order: &Order) -> Vec<(String, i64)> {
+    assert_eq!(order.lines.len(), 1, "{order:?}");
+    order.lines[0]
+        .allocations
+        .iter()
+        .map(|a| (a.warehouse_code.to_string(), a.quantity))
+        .collect()
+}
+
+fn alloc(parts: &[(&str, i64)]) -> Vec<(String, i64)> {
+    parts.iter().map(|(c, q)| (c.to_string(), *q)).collect()
+}
+
+async fn stock(store: &dyn Store, t: TenantId, s: &str) -> Vec<StockLevel> {
+    store.get_stock(t, &sku(s)).await.unwrap()
+}
+
+/// Every ledger row of a SKU, following cursors.
+async fn full_ledger(store: &dyn Store, t: TenantId, s: &str) -> Vec<LedgerEntry> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .ledger(
+                t,
+                &sku(s),
+                PageRequest {
+                    limit: PageRequest::MAX_LIMIT,
+                    cursor,
+                },
+            )
+            .await
+            .unwrap();
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+/// Reads the outbox from `after` to the end.
+async fn outbox_from(store: &dyn Store, after: i64) -> Vec<OutboxRecord> {
+    let mut out: Vec<OutboxRecord> = Vec::new();
+    let mut after = after;
+    loop {
+        let batch = store.outbox_after(after, 100).await.unwrap();
+        let Some(last) = batch.last() else {
+            return out;
+        };
+        after = last.seq;
+        out.extend(batch);
+    }
+}
+
+/// Tracks the outbox so that a case can assert what each step added.
+struct OutboxWatch {
+    seq: i64,
+}
+
+impl OutboxWatch {
+    async fn new(store: &dyn Store) -> Self {
+        let seq = outbox_from(store, 0).await.last().map_or(0, |r| r.seq);
+        Self { seq }
+    }
+
+    /// The rows added since the last call.
+    async fn added(&mut self, store: &dyn Store) -> Vec<OutboxRecord> {
+        let rows = outbox_from(store, self.seq).await;
+        for r in &rows {
+            assert!(r.seq > self.seq, "outbox seq must increase: {r:?}");
+            assert!(r.sent_at.is_none());
+            self.seq = r.seq;
+        }
+        rows
+    }
+
+    /// Asserts that the last step added exactly these topics, in order, and returns them.
+    async fn expect(&mut self, store: &dyn Store, topics: &[String]) -> Vec<OutboxRecord> {
+        let rows = self.added(store).await;
+        let got: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+        assert_eq!(got, topics, "outbox rows: {rows:#?}");
+        rows
+    }
+}
+
+fn assert_envelope(r: &OutboxRecord, t: TenantId, domain: &str, event: &str, subject: &str) {
+    let e = &r.envelope;
+    assert_eq!(r.topic.as_str(), topic(domain, event));
+    assert_eq!(e.specversion, "1.0");
+    assert_eq!(e.ty, format!("meridian.{domain}.{event}"));
+    assert_eq!(e.source, format!("/meridian/{DEPLOYMENT}/{domain}"));
+    assert_eq!(e.tenant, t);
+    assert_eq!(e.subject, subject);
+    assert_eq!(e.datacontenttype, "application/json");
+}
+
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat $(if $guard:expr)?) => {
+        match $result {
+            Err($pattern) $(if $guard)? => {}
+            other => panic!(
+                "expected Err({}), got {:?}",
+                stringify!($pattern),
+                other
+            ),
+        }
+    };
+}
+
+// --- tenancy and API keys ---
+
+pub async fn tenants_and_api_keys(store: Arc<dyn Store>) {
+    let s = &*store;
+    assert!(["sqlite", "postgres"].contains(&s.backend()));
+    s.ping().await.unwrap();
+
+    let acme = s.create_tenant("Acme").await.unwrap();
+    assert_eq!(acme.name, "Acme");
+    assert_eq!(s.get_tenant(acme.id).await.unwrap(), acme);
+    assert_err!(
+        s.get_tenant(TenantId::new()).await,
+        StoreError::NotFound { what: "tenant", .. }
+    );
+    let other = s.create_tenant("Other").await.unwrap();
+    assert_ne!(other.id, acme.id);
+
+    let created = s.create_api_key(acme.id, "ci").await.unwrap();
+    assert_eq!(created.key.tenant_id, acme.id);
+    assert_eq!(created.key.name, "ci");
+    assert_eq!(created.key.role, Role::Admin);
+    assert!(created.key.revoked_at.is_none());
+    assert!(created.token.starts_with("mk_"));
+
+    let principal = s.authenticate(&created.token).await.unwrap().unwrap();
+    assert_eq!(principal.tenant_id, acme.id);
+    assert_eq!(principal.key_id, created.key.id);
+    assert_eq!(principal.role, Role::Admin);
+
+    // A wrong secret for a real key id, and tokens that are not keys at all.
+    let mut wrong = created.token.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(s.authenticate(&wrong).await.unwrap(), None);
+    for junk in [
+        "",
+        "mk_",
+        "Bearer x",
+        "mk_00000000000000000000000000000000_x",
+    ] {
+        assert_eq!(s.authenticate(junk).await.unwrap(), None, "{junk:?}");
+    }
+    let unknown = meridian_store::ApiKeySecret::generate();
+    assert_eq!(s.authenticate(&unknown.token).await.unwrap(), None);
+
+    // Listing never shows a secret and shows only the tenant's keys.
+    let second = s.create_api_key(acme.id, "deploy").await.unwrap();
+    let keys = s.list_api_keys(acme.id).await.unwrap();
+    assert_eq!(keys, vec![created.key.clone(), second.key.clone()]);
+    assert!(s.list_api_keys(other.id).await.unwrap().is_empty());
+    assert_err!(
+        s.create_api_key(TenantId::new(), "ghost").await,
+        StoreError::NotFound { what: "tenant", .. }
+    );
+
+    // Another tenant cannot revoke it: NotFound, and the key still works.
+    assert_err!(
+        s.revoke_api_key(other.id, created.key.id).await,
+        StoreError::NotFound { .. }
+    );
+    assert!(s.authenticate(&created.token).await.unwrap().is_some());
+
+    s.revoke_api_key(acme.id, created.key.id).await.unwrap();
+    assert_eq!(s.authenticate(&created.token).await.unwrap(), None);
+    assert!(s.authenticate(&second.token).await.unwrap().is_some());
+    let keys = s.list_api_keys(acme.id).await.unwrap();
+    let revoked = keys.iter().find(|k| k.id == created.key.id).unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_err!(
+        s.revoke_api_key(acme.id, meridian_core::ApiKeyId::new())
+            .await,
+        StoreError::NotFound { .. }
+    );
+}
+
+// --- catalog ---
+
+pub async fn product_crud(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "crud").await;
+    let created = product(s, t, "SKU-1", 1999, "USD").await;
+    assert_eq!(created.tenant_id, t);
+    assert_eq!(created.sku, sku("SKU-1"));
+    assert_eq!(created.name, "Product SKU-1");
+    assert_eq!(created.description.as_deref(), Some("The SKU-1"));
+    assert_eq!(created.price, money(1999, "USD"));
+    assert_eq!(created.attributes["color"], "red");
+    assert_eq!(created.attributes["size"], 42);
+    assert_eq!(created.created_at, created.updated_at);
+    assert_eq!(s.get_product(t, &sku("SKU-1")).await.unwrap(), created);
+
+    let patch = ProductPatch {
+        name: Some("Renamed".into()),
+        description: Some(None),
+        price: Some(money(2499, "USD")),
+        attributes: None,
+    };
+    let updated = s.update_product(t, &sku("SKU-1"), patch).await.unwrap();
+    assert_eq!(updated.id, created.id);
+    assert_eq!(updated.name, "Renamed");
+    assert_eq!(updated.description, None);
+    assert_eq!(updated.price, money(2499, "USD"));
+    assert_eq!(updated.attributes, created.attributes);
+    assert_eq!(updated.created_at, created.created_at);
+    assert!(updated.updated_at >= created.updated_at);
+    assert_eq!(s.get_product(t, &sku("SKU-1")).await.unwrap(), updated);
+
+    // An empty patch changes nothing, not even updated_at.
+    let same = s
+        .update_product(t, &sku("SKU-1"), ProductPatch::default())
+        .await
+        .unwrap();
+    assert_eq!(same, updated);
+
+    for missing in ["NOPE"] {
+        assert_err!(
+            s.get_product(t, &sku(missing)).await,
+            StoreError::NotFound {
+                what: "product",
+                ..
+            }
+        );
+        assert_err!(
+            s.update_product(t, &sku(missing), ProductPatch::default())
+                .await,
+            StoreError::NotFound {
+                what: "product",
+                ..
+            }
+        );
+        assert_err!(
+            s.delete_product(t, &sku(missing)).await,
+            StoreError::NotFound {
+                what: "product",
+                ..
+            }
+        );
+    }
+
+    // A deleted product's stock stays behind for audit but is not for sale.
+    warehouse(s, t, "W1", 1).await;
+    set(s, t, "W1", "SKU-1", 5).await;
+    s.delete_product(t, &sku("SKU-1")).await.unwrap();
+    assert_err!(
+        s.get_product(t, &sku("SKU-1")).await,
+        StoreError::NotFound { .. }
+    );
+    assert_err!(
+        s.delete_product(t, &sku("SKU-1")).await,
+        StoreError::NotFound { .. }
+    );
+    assert!(
+        s.list_products(t, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_err!(
+        s.get_stock(t, &sku("SKU-1")).await,
+        StoreError::NotFound {
+            what: "product",
+            ..
+        }
+    );
+    assert_err!(
+        s.place_order(order_cmd(t, &[("SKU-1", 1)], AllocationStrategy::Priority))
+            .await,
+        StoreError::UnknownSkus(skus) if skus == vec![sku("SKU-1")]
+    );
+
+    // The SKU can be created again, as a new product.
+    let again = product(s, t, "SKU-1", 100, "USD").await;
+    assert_ne!(again.id, created.id);
+    assert_eq!(s.get_product(t, &sku("SKU-1")).await.unwrap(), again);
+}
+
+pub async fn duplicate_sku_is_already_exists(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "dup").await;
+    let first = product(s, t, "DUP", 100, "USD").await;
+    assert_err!(
+        s.create_product(t, new_product("DUP", 200, "EUR")).await,
+        StoreError::AlreadyExists { what: "product", key } if key == "DUP"
+    );
+    // The first product is untouched.
+    assert_eq!(s.get_product(t, &sku("DUP")).await.unwrap(), first);
+    // SKUs are unique per tenant, not globally.
+    let u = tenant(s, "other").await;
+    let theirs = product(s, u, "DUP", 300, "GBP").await;
+    assert_eq!(theirs.tenant_id, u);
+    assert_eq!(s.get_product(t, &sku("DUP")).await.unwrap(), first);
+}
+
+pub async fn product_pagination(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "pages").await;
+    // Created out of order; every SKU has the same shape so that any collation sorts them
+    // the same way.
+    let mut want: Vec<String> = (0..25)
+        .map(|i| format!("SKU-{:03}", (i * 7) % 25))
+        .collect();
+    for sk in &want {
+        product(s, t, sk, 100, "USD").await;
+    }
+    want.sort();
+    let other = tenant(s, "noise").await;
+    product(s, other, "SKU-0005", 1, "USD").await;
+
+    for limit in [1, 5, 7, 25, 26] {
+        let mut got = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = s
+                .list_products(t, PageRequest { limit, cursor })
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(page.items.len() <= limit as usize);
+            assert!(!page.items.is_empty(), "no empty pages (limit {limit})");
+            got.extend(page.items.into_iter().map(|p| {
+                assert_eq!(p.tenant_id, t);
+                p.sku.to_string()
+            }));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(
+            got, want,
+            "limit {limit}: no duplicates, no gaps, ascending"
+        );
+        assert_eq!(pages, 25_usize.div_ceil(limit as usize), "limit {limit}");
+    }
+
+    // Out-of-range limits are clamped.
+    let page = s.list_products(t, PageRequest::first(0)).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(page.next_cursor.is_some());
+    let page = s
+        .list_products(t, PageRequest::first(100_000))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 25);
+    assert!(page.next_cursor.is_none());
+
+    for bad in ["!!!not base64", "%%%"] {
+        assert_err!(
+            s.list_products(
+                t,
+                PageRequest {
+                    limit: 5,
+                    cursor: Some(bad.into())
+                }
+            )
+            .await,
+            StoreError::Validation(_)
+        );
+    }
+}
+
+// --- warehouses ---
+
+pub async fn warehouses(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "wh").await;
+    let b = warehouse(s, t, "B", 2).await;
+    let z = warehouse(s, t, "Z", 1).await;
+    let a = warehouse(s, t, "A", 1).await;
+    assert_eq!(a.tenant_id, t);
+    assert_eq!(a.code, code("A"));
+    assert_eq!(a.name, "Warehouse A");
+    assert_eq!(a.priority, 1);
+    // By priority, then code.
+    assert_eq!(
+        s.list_warehouses(t).await.unwrap(),
+        vec![a.clone(), z.clone(), b.clone()]
+    );
+
+    assert_err!(
+        s.create_warehouse(
+            t,
+            NewWarehouse {
+                code: code("A"),
+                name: "Again".into(),
+                priority: 9,
+            },
+        )
+        .await,
+        StoreError::AlreadyExists { what: "warehouse", key } if key == "A"
+    );
+    assert_eq!(s.list_warehouses(t).await.unwrap().len(), 3);
+
+    let u = tenant(s, "other").await;
+    assert!(s.list_warehouses(u).await.unwrap().is_empty());
+    let theirs = warehouse(s, u, "A", 5).await;
+    assert_eq!(s.list_warehouses(u).await.unwrap(), vec![theirs]);
+    assert_eq!(s.list_warehouses(t).await.unwrap(), vec![a, z, b]);
+}
+
+// --- stock ---
+
+pub async fn set_and_adjust_stock(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "stock").await;
+    product(s, t, "SKU-1", 100, "USD").await;
+    product(s, t, "SKU-2", 100, "USD").await;
+    let w1 = warehouse(s, t, "W1", 1).await;
+    let w2 = warehouse(s, t, "W2", 2).await;
+
+    // Known SKU without levels: empty, not an error.
+    assert!(stock(s, t, "SKU-1").await.is_empty());
+
+    let l = set(s, t, "W1", "SKU-1", 10).await;
+    assert_eq!(
+        l,
+        StockLevel {
+            warehouse_id: w1.id,
+            warehouse_code: code("W1"),
+            priority: 1,
+            sku: sku("SKU-1"),
+            on_hand: 10,
+            reserved: 0,
+        }
+    );
+    let l = s
+        .adjust_stock(t, &code("W1"), &sku("SKU-1"), 5, "delivery")
+        .await
+        .unwrap();
+    assert_eq!((l.on_hand, l.reserved, l.available()), (15, 0, 15));
+
+    // Below zero, by adjustment or by count, and adjusting a level that does not exist.
+    assert_err!(
+        s.adjust_stock(t, &code("W1"), &sku("SKU-1"), -16, "shrinkage")
+            .await,
+        StoreError::StockConflict(_)
+    );
+    assert_err!(
+        s.set_stock(t, &code("W1"), &sku("SKU-1"), -1, "count")
+            .await,
+        StoreError::StockConflict(_)
+    );
+    assert_err!(
+        s.adjust_stock(t, &code("W2"), &sku("SKU-1"), -1, "oops")
+            .await,
+        StoreError::StockConflict(_)
+    );
+    // A level can be created by an adjustment, too.
+    let l = s
+        .adjust_stock(t, &code("W2"), &sku("SKU-1"), 3, "first delivery")
+        .await
+        .unwrap();
+    assert_eq!((l.warehouse_id, l.on_hand, l.reserved), (w2.id, 3, 0));
+
+    // Unknown warehouse or SKU.
+    assert_err!(
+        s.set_stock(t, &code("NOPE"), &sku("SKU-1"), 1, "x").await,
+        StoreError::NotFound {
+            what: "warehouse",
+            ..
+        }
+    );
+    assert_err!(
+        s.adjust_stock(t, &code("NOPE"), &sku("SKU-1"), 1, "x")
+            .await,
+        StoreError::NotFound {
+            what: "warehouse",
+            ..
+        }
+    );
+    assert_err!(
+        s.set_stock(t, &code("W1"), &sku("NOPE"), 1, "x").await,
+        StoreError::NotFound {
+            what: "product",
+            ..
+        }
+    );
+    assert_err!(
+        s.adjust_stock(t, &code("W1"), &sku("NOPE"), 1, "x").await,
+        StoreError::NotFound {
+            what: "product",
+            ..
+        }
+    );
+    assert_err!(
+        s.get_stock(t, &sku("NOPE")).await,
+        StoreError::NotFound {
+            what: "product",
+            ..
+        }
+    );
+    assert_err!(
+        s.ledger(t, &sku("NOPE"), PageRequest::default()).await,
+        StoreError::NotFound {
+            what: "product",
+            ..
+        }
+    );
+
+    // Levels by warehouse priority.
+    let levels = stock(s, t, "SKU-1").await;
+    let summary: Vec<_> = levels
+        .iter()
+        .map(|l| (l.warehouse_code.to_string(), l.on_hand, l.reserved))
+        .collect();
+    assert_eq!(summary, [("W1".into(), 15, 0), ("W2".into(), 3, 0)]);
+    assert!(stock(s, t, "SKU-2").await.is_empty());
+
+    // One ledger row per successful change, none for the refused ones.
+    let ledger = full_ledger(s, t, "SKU-1").await;
+    let rows: Vec<_> = ledger
+        .iter()
+        .map(|e| {
+            (
+                e.warehouse_id,
+                e.kind,
+                e.on_hand_delta,
+                e.reserved_delta,
+                e.on_hand_after,
+                e.reserved_after,
+                e.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (w1.id, MovementKind::Set, 10, 0, 10, 0, "stock take"),
+            (w1.id, MovementKind::Adjust, 5, 0, 15, 0, "delivery"),
+            (w2.id, MovementKind::Adjust, 3, 0, 3, 0, "first delivery"),
+        ]
+    );
+    assert!(
+        ledger
+            .iter()
+            .all(|e| e.tenant_id == t && e.order_id.is_none())
+    );
+    assert!(ledger.iter().all(|e| e.sku == sku("SKU-1")));
+
+    // Reserved units bound what a count or an adjustment may leave.
+    let order = s
+        .place_order(order_cmd(t, &[("SKU-1", 12)], AllocationStrategy::Priority))
+        .await
+        .unwrap();
+    assert_eq!(allocations(&order), alloc(&[("W1", 12)]));
+    assert_err!(
+        s.set_stock(t, &code("W1"), &sku("SKU-1"), 11, "count")
+            .await,
+        StoreError::StockConflict(_)
+    );
+    assert_err!(
+        s.adjust_stock(t, &code("W1"), &sku("SKU-1"), -4, "damage")
+            .await,
+        StoreError::StockConflict(_)
+    );
+    let l = s
+        .adjust_stock(t, &code("W1"), &sku("SKU-1"), -3, "damage")
+        .await
+        .unwrap();
+    assert_eq!((l.on_hand, l.reserved, l.available()), (12, 12, 0));
+    let l = set(s, t, "W1", "SKU-1", 12).await;
+    assert_eq!((l.on_hand, l.reserved), (12, 12));
+
+    let ledger = full_ledger(s, t, "SKU-1").await;
+    assert_eq!(ledger.len(), 6);
+    let reserve = &ledger[3];
+    assert_eq!(reserve.kind, MovementKind::Reserve);
+    assert_eq!(reserve.order_id, Some(order.id));
+    assert_eq!(
+        (
+            reserve.on_hand_delta,
+            reserve.reserved_delta,
+            reserve.on_hand_after,
+            reserve.reserved_after
+        ),
+        (0, 12, 15, 12)
+    );
+    assert_eq!(
+        (ledger[4].kind, ledger[4].on_hand_delta),
+        (MovementKind::Adjust, -3)
+    );
+    assert_eq!(
+        (ledger[5].kind, ledger[5].on_hand_delta),
+        (MovementKind::Set, 0)
+    );
+
+    // Ledger pages, oldest first.
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .ledger(t, &sku("SKU-1"), PageRequest { limit: 4, cursor })
+            .await
+            .unwrap();
+        assert!(!page.items.is_empty());
+        paged.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ledger);
+    assert_err!(
+        s.ledger(
+            t,
+            &sku("SKU-1"),
+            PageRequest {
+                limit: 4,
+                cursor: Some("???".into())
+            }
+        )
+        .await,
+        StoreError::Validation(_)
+    );
+
+    assert_eq!(s.reconcile(Some(t)).await.unwrap(), vec![]);
+    assert_eq!(s.reconcile(None).await.unwrap(), vec![]);
+}
+
+// --- orders ---
+
+/// A tenant with SKU-1 (2.50 EUR) in warehouse A (priority 1, 5 units) and B (priority 2,
+/// 20 units).
+async fn two_warehouses(s: &dyn Store) -> TenantId {
+    let t = tenant(s, "orders").await;
+    product(s, t, "SKU-1", 250, "EUR").await;
+    warehouse(s, t, "A", 1).await;
+    warehouse(s, t, "B", 2).await;
+    set(s, t, "A", "SKU-1", 5).await;
+    set(s, t, "B", "SKU-1", 20).await;
+    t
+}
+
+async fn place(s: &dyn Store, t: TenantId, qty: i64, strategy: AllocationStrategy) -> Order {
+    s.place_order(order_cmd(t, &[("SKU-1", qty)], strategy))
+        .await
+        .unwrap()
+}
+
+fn reserved(levels: &[StockLevel]) -> Vec<(String, i64, i64)> {
+    levels
+        .iter()
+        .map(|l| (l.warehouse_code.to_string(), l.on_hand, l.reserved))
+        .collect()
+}
+
+fn cells(parts: &[(&str, i64, i64)]) -> Vec<(String, i64, i64)> {
+    parts
+        .iter()
+        .map(|(c, o, r)| (c.to_string(), *o, *r))
+        .collect()
+}
+
+pub async fn orders_priority_allocation(store: Arc<dyn Store>) {
+    use AllocationStrategy::Priority;
+    let s = &*store;
+    let t = two_warehouses(s).await;
+
+    let first = place(s, t, 3, Priority).await;
+    assert_eq!(first.tenant_id, t);
+    assert_eq!(first.status, OrderStatus::Confirmed);
+    assert_eq!(first.allocation, Priority);
+    assert_eq!(first.total, money(750, "EUR"));
+    assert_eq!(first.lines[0].sku, sku("SKU-1"));
+    assert_eq!(first.lines[0].quantity, 3);
+    assert_eq!(first.lines[0].unit_price, money(250, "EUR"));
+    assert_eq!(first.lines[0].name, "Product SKU-1");
+    assert_eq!(allocations(&first), alloc(&[("A", 3)]));
+    assert_eq!(s.get_order(t, first.id).await.unwrap(), first);
+
+    // A has 2 left, so the whole line goes to B.
+    let second = place(s, t, 10, Priority).await;
+    assert_eq!(allocations(&second), alloc(&[("B", 10)]));
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 5, 3), ("B", 20, 10)])
+    );
+
+    // 12 available in all, at most 10 in one warehouse: priority does not split.
+    assert_err!(
+        s.place_order(order_cmd(t, &[("SKU-1", 11)], Priority)).await,
+        StoreError::InsufficientStock(short)
+            if short.len() == 1
+                && short[0].sku == sku("SKU-1")
+                && (short[0].requested, short[0].available, short[0].max_in_one_warehouse)
+                    == (11, 12, 10)
+    );
+
+    let reserves: Vec<_> = full_ledger(s, t, "SKU-1")
+        .await
+        .into_iter()
+        .filter(|e| e.kind == MovementKind::Reserve)
+        .map(|e| (e.order_id, e.reserved_delta))
+        .collect();
+    assert_eq!(reserves, [(Some(first.id), 3), (Some(second.id), 10)]);
+    assert_eq!(s.reconcile(Some(t)).await.unwrap(), vec![]);
+}
+
+pub async fn orders_most_stock_allocation(store: Arc<dyn Store>) {
+    use AllocationStrategy::MostStock;
+    let s = &*store;
+    let t = two_warehouses(s).await;
+    let o = place(s, t, 3, MostStock).await;
+    assert_eq!(o.allocation, MostStock);
+    assert_eq!(allocations(&o), alloc(&[("B", 3)]));
+    let o = place(s, t, 17, MostStock).await;
+    assert_eq!(allocations(&o), alloc(&[("B", 17)]));
+    // B is empty now; A has the most.
+    let o = place(s, t, 4, MostStock).await;
+    assert_eq!(allocations(&o), alloc(&[("A", 4)]));
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 5, 4), ("B", 20, 20)])
+    );
+    assert_err!(
+        s.place_order(order_cmd(t, &[("SKU-1", 2)], MostStock)).await,
+        StoreError::InsufficientStock(short)
+            if (short[0].requested, short[0].available) == (2, 1)
+    );
+    assert_eq!(s.get_order(t, o.id).await.unwrap(), o);
+}
+
+pub async fn orders_split_allocation(store: Arc<dyn Store>) {
+    use AllocationStrategy::Split;
+    let s = &*store;
+    let t = two_warehouses(s).await;
+    let o = place(s, t, 12, Split).await;
+    assert_eq!(o.allocation, Split);
+    assert_eq!(allocations(&o), alloc(&[("A", 5), ("B", 7)]));
+    assert_eq!(o.total, money(3000, "EUR"));
+    assert_eq!(s.get_order(t, o.id).await.unwrap(), o);
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 5, 5), ("B", 20, 7)])
+    );
+    assert_err!(
+        s.place_order(order_cmd(t, &[("SKU-1", 14)], Split)).await,
+        StoreError::InsufficientStock(short)
+            if (short[0].requested, short[0].available, short[0].max_in_one_warehouse)
+                == (14, 13, 13)
+    );
+    let o = place(s, t, 13, Split).await;
+    assert_eq!(allocations(&o), alloc(&[("B", 13)]));
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 5, 5), ("B", 20, 20)])
+    );
+    assert_eq!(s.reconcile(Some(t)).await.unwrap(), vec![]);
+}
+
+pub async fn insufficient_stock_names_each_short_sku(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "short").await;
+    warehouse(s, t, "A", 1).await;
+    for (sk, n) in [("S1", 5), ("S2", 1), ("S3", 10)] {
+        product(s, t, sk, 100, "USD").await;
+        set(s, t, "A", sk, n).await;
+    }
+    product(s, t, "S4", 100, "USD").await; // no stock anywhere
+    let mut watch = OutboxWatch::new(s).await;
+
+    let result = s
+        .place_order(order_cmd(
+            t,
+            &[("S1", 6), ("S2", 2), ("S3", 1), ("S4", 1)],
+            AllocationStrategy::Split,
+        ))
+        .await;
+    let StoreError::InsufficientStock(short) = result.unwrap_err() else {
+        panic!("expected InsufficientStock")
+    };
+    let named: Vec<_> = short
+        .iter()
+        .map(|x| (x.sku.to_string(), x.requested, x.available))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("S1".to_string(), 6, 5),
+            ("S2".to_string(), 2, 1),
+            ("S4".to_string(), 1, 0)
+        ]
+    );
+
+    // Nothing of the rejected order was written: no reservation (not even for S3), no
+    // order, no ledger row, no event.
+    for sk in ["S1", "S2", "S3"] {
+        assert!(
+            stock(s, t, sk).await.iter().all(|l| l.reserved == 0),
+            "{sk}"
+        );
+        assert_eq!(full_ledger(s, t, sk).await.len(), 1, "{sk}");
+    }
+    assert!(
+        s.list_orders(t, None, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    watch.expect(s, &[]).await;
+}
+
+pub async fn unknown_skus_and_mixed_currencies(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "bad orders").await;
+    warehouse(s, t, "A", 1).await;
+    product(s, t, "USD-1", 100, "USD").await;
+    product(s, t, "EUR-1", 100, "EUR").await;
+    set(s, t, "A", "USD-1", 10).await;
+    set(s, t, "A", "EUR-1", 10).await;
+    let mut watch = OutboxWatch::new(s).await;
+
+    assert_err!(
+        s.place_order(order_cmd(
+            t,
+            &[("USD-1", 1), ("NOPE-1", 1), ("NOPE-2", 2)],
+            AllocationStrategy::Priority
+        ))
+        .await,
+        StoreError::UnknownSkus(skus) if skus == vec![sku("NOPE-1"), sku("NOPE-2")]
+    );
+    assert_err!(
+        s.place_order(order_cmd(
+            t,
+            &[("USD-1", 1), ("EUR-1", 1)],
+            AllocationStrategy::Priority
+        ))
+        .await,
+        StoreError::Validation(_)
+    );
+    for sk in ["USD-1", "EUR-1"] {
+        assert_eq!(reserved(&stock(s, t, sk).await), cells(&[("A", 10, 0)]));
+    }
+    assert!(
+        s.list_orders(t, None, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    watch.expect(s, &[]).await;
+}
+
+pub async fn cancel_releases_and_fulfil_commits(store: Arc<dyn Store>) {
+    use AllocationStrategy::Split;
+    let s = &*store;
+    let t = two_warehouses(s).await;
+
+    // Cancel an order split over both warehouses: both reservations are released.
+    let o = place(s, t, 8, Split).await;
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 5, 5), ("B", 20, 3)])
+    );
+    let canceled = s
+        .transition_order(t, o.id, OrderAction::Cancel)
+        .await
+        .unwrap();
+    assert_eq!(canceled.status, OrderStatus::Canceled);
+    assert_eq!(canceled.lines, o.lines);
+    assert!(canceled.updated_at >= o.updated_at);
+    assert_eq!(s.get_order(t, o.id).await.unwrap(), canceled);
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 5, 0), ("B", 20, 0)])
+    );
+    let releases: Vec<_> = full_ledger(s, t, "SKU-1")
+        .await
+        .into_iter()
+        .filter(|e| e.kind == MovementKind::Release)
+        .map(|e| (e.order_id, e.on_hand_delta, e.reserved_delta))
+        .collect();
+    assert_eq!(releases, [(Some(o.id), 0, -5), (Some(o.id), 0, -3)]);
+
+    // Final states refuse everything; a confirmed order cannot be confirmed again.
+    for action in [
+        OrderAction::Cancel,
+        OrderAction::Fulfill,
+        OrderAction::Confirm,
+    ] {
+        assert_err!(
+            s.transition_order(t, o.id, action).await,
+            StoreError::InvalidTransition { order, from: OrderStatus::Canceled, action: a }
+                if order == o.id && a == action
+        );
+    }
+
+    // Fulfil commits: on-hand and reserved both drop.
+    let f = place(s, t, 7, Split).await;
+    assert_eq!(allocations(&f), alloc(&[("A", 5), ("B", 2)]));
+    assert_err!(
+        s.transition_order(t, f.id, OrderAction::Confirm).await,
+        StoreError::InvalidTransition {
+            from: OrderStatus::Confirmed,
+            ..
+        }
+    );
+    let done = s
+        .transition_order(t, f.id, OrderAction::Fulfill)
+        .await
+        .unwrap();
+    assert_eq!(done.status, OrderStatus::Fulfilled);
+    assert_eq!(s.get_order(t, f.id).await.unwrap(), done);
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 0, 0), ("B", 18, 0)])
+    );
+    let commits: Vec<_> = full_ledger(s, t, "SKU-1")
+        .await
+        .into_iter()
+        .filter(|e| e.kind == MovementKind::Commit)
+        .map(|e| {
+            (
+                e.on_hand_delta,
+                e.reserved_delta,
+                e.on_hand_after,
+                e.reserved_after,
+            )
+        })
+        .collect();
+    assert_eq!(commits, [(-5, -5, 0, 0), (-2, -2, 18, 0)]);
+    for action in [OrderAction::Cancel, OrderAction::Fulfill] {
+        assert_err!(
+            s.transition_order(t, f.id, action).await,
+            StoreError::InvalidTransition {
+                from: OrderStatus::Fulfilled,
+                ..
+            }
+        );
+    }
+
+    assert_err!(
+        s.transition_order(t, OrderId::new(), OrderAction::Cancel)
+            .await,
+        StoreError::NotFound { what: "order", .. }
+    );
+    assert_err!(
+        s.get_order(t, OrderId::new()).await,
+        StoreError::NotFound { what: "order", .. }
+    );
+    assert_eq!(s.reconcile(Some(t)).await.unwrap(), vec![]);
+}
+
+pub async fn list_orders_pages_and_filters(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = two_warehouses(s).await;
+    let mut placed = Vec::new();
+    for _ in 0..7 {
+        placed.push(place(s, t, 1, AllocationStrategy::Priority).await.id);
+    }
+    for id in [placed[1], placed[4]] {
+        s.transition_order(t, id, OrderAction::Cancel)
+            .await
+            .unwrap();
+    }
+    let newest_first: Vec<OrderId> = placed.iter().rev().copied().collect();
+
+    async fn all(
+        s: &dyn Store,
+        t: TenantId,
+        status: Option<OrderStatus>,
+        limit: u32,
+    ) -> Vec<Order> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = s
+                .list_orders(t, status, PageRequest { limit, cursor })
+                .await
+                .unwrap();
+            assert!(page.items.len() <= limit as usize);
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    for limit in [1, 3, 7, 50] {
+        let ids: Vec<OrderId> = all(s, t, None, limit).await.iter().map(|o| o.id).collect();
+        assert_eq!(ids, newest_first, "limit {limit}");
+    }
+    let canceled = all(s, t, Some(OrderStatus::Canceled), 1).await;
+    assert_eq!(
+        canceled.iter().map(|o| o.id).collect::<Vec<_>>(),
+        [placed[4], placed[1]]
+    );
+    assert!(canceled.iter().all(|o| o.status == OrderStatus::Canceled));
+    let confirmed = all(s, t, Some(OrderStatus::Confirmed), 2).await;
+    assert_eq!(confirmed.len(), 5);
+    assert!(confirmed.iter().all(|o| o.status == OrderStatus::Confirmed));
+    assert!(all(s, t, Some(OrderStatus::Fulfilled), 5).await.is_empty());
+
+    let page = s.list_orders(t, None, PageRequest::first(0)).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_err!(
+        s.list_orders(
+            t,
+            None,
+            PageRequest {
+                limit: 3,
+                cursor: Some("not a cursor!".into())
+            }
+        )
+        .await,
+        StoreError::Validation(_)
+    );
+}
+
+// --- idempotency ---
+
+pub async fn idempotent_retries(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = two_warehouses(s).await;
+    let mut watch = OutboxWatch::new(s).await;
+
+    let first = s
+        .place_order(keyed_cmd(t, &[("SKU-1", 2)], "key-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.idempotency_key.as_deref(), Some("key-1"));
+    let retry = s
+        .place_order(keyed_cmd(t, &[("SKU-1", 2)], "key-1"))
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    assert_err!(
+        s.place_order(keyed_cmd(t, &[("SKU-1", 3)], "key-1")).await,
+        StoreError::IdempotencyKeyReused(k) if k == "key-1"
+    );
+    // The retry answers with the order as it is now.
+    s.transition_order(t, first.id, OrderAction::Cancel)
+        .await
+        .unwrap();
+    let late = s
+        .place_order(keyed_cmd(t, &[("SKU-1", 2)], "key-1"))
+        .await
+        .unwrap();
+    assert_eq!((late.id, late.status), (first.id, OrderStatus::Canceled));
+
+    // Keys are per tenant.
+    let u = tenant(s, "other").await;
+    product(s, u, "SKU-1", 100, "EUR").await;
+    warehouse(s, u, "A", 1).await;
+    set(s, u, "A", "SKU-1", 5).await;
+    let theirs = s
+        .place_order(keyed_cmd(u, &[("SKU-1", 2)], "key-1"))
+        .await
+        .unwrap();
+    assert_ne!(theirs.id, first.id);
+    assert_eq!(theirs.tenant_id, u);
+
+    let rows = watch.added(s).await;
+    let created: Vec<_> = rows
+        .iter()
+        .filter(|r| r.topic.as_str() == topic("oms", "order.created"))
+        .map(|r| r.envelope.subject.clone())
+        .collect();
+    assert_eq!(created, [first.id.to_string(), theirs.id.to_string()]);
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 5, 0), ("B", 20, 0)])
+    );
+}
+
+pub async fn concurrent_requests_with_one_key_make_one_order(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = two_warehouses(s).await;
+    let mut watch = OutboxWatch::new(s).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .place_order(keyed_cmd(t, &[("SKU-1", 2)], "same-key"))
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap().unwrap().id);
+    }
+    assert_eq!(ids.len(), 1, "every request gets the same order");
+    let orders = s
+        .list_orders(t, None, PageRequest::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(orders.len(), 1);
+    assert!(ids.contains(&orders[0].id));
+    assert_eq!(
+        reserved(&stock(s, t, "SKU-1").await),
+        cells(&[("A", 5, 2), ("B", 20, 0)])
+    );
+    let reserves = full_ledger(s, t, "SKU-1")
+        .await
+        .iter()
+        .filter(|e| e.kind == MovementKind::Reserve)
+        .count();
+    assert_eq!(reserves, 1);
+    watch.expect(s, &[topic("oms", "order.created")]).await;
+}
+
+// --- outbox ---
+
+pub async fn outbox_has_exactly_the_committed_changes(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "outbox").await;
+    let mut w = OutboxWatch::new(s).await;
+    let data = |r: &OutboxRecord| r.envelope.data.clone();
+
+    let p = product(s, t, "SKU-1", 500, "USD").await;
+    let rows = w.expect(s, &[topic("data", "product.created")]).await;
+    assert_envelope(&rows[0], t, "data", "product.created", "SKU-1");
+    assert_eq!(data(&rows[0]), serde_json::to_value(&p).unwrap());
+
+    assert!(
+        s.create_product(t, new_product("SKU-1", 1, "USD"))
+            .await
+            .is_err()
+    );
+    w.expect(s, &[]).await;
+
+    let patch = ProductPatch {
+        name: Some("New name".into()),
+        ..Default::default()
+    };
+    let p = s.update_product(t, &sku("SKU-1"), patch).await.unwrap();
+    let rows = w.expect(s, &[topic("data", "product.updated")]).await;
+    assert_envelope(&rows[0], t, "data", "product.updated", "SKU-1");
+    assert_eq!(data(&rows[0])["name"], "New name");
+    assert_eq!(data(&rows[0]), serde_json::to_value(&p).unwrap());
+
+    s.update_product(t, &sku("SKU-1"), ProductPatch::default())
+        .await
+        .unwrap();
+    w.expect(s, &[]).await;
+
+    let wh = warehouse(s, t, "W1", 1).await;
+    let rows = w.expect(s, &[topic("data", "warehouse.created")]).await;
+    assert_envelope(&rows[0], t, "data", "warehouse.created", "W1");
+    assert_eq!(data(&rows[0])["code"], "W1");
+    assert_eq!(data(&rows[0])["id"], wh.id.to_string());
+    assert!(
+        s.create_warehouse(
+            t,
+            NewWarehouse {
+                code: code("W1"),
+                name: "dup".into(),
+                priority: 1
+            }
+        )
+        .await
+        .is_err()
+    );
+    w.expect(s, &[]).await;
+
+    set(s, t, "W1", "SKU-1", 10).await;
+    let rows = w.expect(s, &[topic("data", "stock.changed")]).await;
+    assert_envelope(&rows[0], t, "data", "stock.changed", "SKU-1");
+    let d = data(&rows[0]);
+    assert_eq!(d["warehouse"], "W1");
+    assert_eq!(d["sku"], "SKU-1");
+    assert_eq!(
+        (&d["on_hand"], &d["reserved"], &d["available"], &d["delta"]),
+        (&10.into(), &0.into(), &10.into(), &10.into())
+    );
+    assert_eq!(d["reason"], "stock take");
+
+    s.adjust_stock(t, &code("W1"), &sku("SKU-1"), -2, "damaged")
+        .await
+        .unwrap();
+    let rows = w.expect(s, &[topic("data", "stock.changed")]).await;
+    let d = data(&rows[0]);
+    assert_eq!((&d["on_hand"], &d["delta"]), (&8.into(), &(-2).into()));
+    assert_eq!(d["reason"], "damaged");
+
+    // Failed stock changes: no event, no ledger row.
+    assert!(
+        s.adjust_stock(t, &code("W1"), &sku("SKU-1"), -9, "x")
+            .await
+            .is_err()
+    );
+    assert!(
+        s.set_stock(t, &code("NOPE"), &sku("SKU-1"), 1, "x")
+            .await
+            .is_err()
+    );
+    assert!(
+        s.set_stock(t, &code("W1"), &sku("NOPE"), 1, "x")
+            .await
+            .is_err()
+    );
+    w.expect(s, &[]).await;
+    assert_eq!(full_ledger(s, t, "SKU-1").await.len(), 2);
+
+    let o = s
+        .place_order(keyed_cmd(t, &[("SKU-1", 4)], "k"))
+        .await
+        .unwrap();
+    let rows = w.expect(s, &[topic("oms", "order.created")]).await;
+    assert_envelope(&rows[0], t, "oms", "order.created", &o.id.to_string());
+    assert_eq!(data(&rows[0]), serde_json::to_value(&o).unwrap());
+
+    // Retries, rejected orders and illegal transitions write nothing.
+    s.place_order(keyed_cmd(t, &[("SKU-1", 4)], "k"))
+        .await
+        .unwrap();
+    assert!(
+        s.place_order(keyed_cmd(t, &[("SKU-1", 5)], "k"))
+            .await
+            .is_err()
+    );
+    assert!(
+        s.place_order(order_cmd(t, &[("SKU-1", 5)], AllocationStrategy::Split))
+            .await
+            .is_err()
+    );
+    assert!(
+        s.place_order(order_cmd(t, &[("NOPE", 1)], AllocationStrategy::Split))
+            .await
+            .is_err()
+    );
+    assert!(
+        s.transition_order(t, o.id, OrderAction::Confirm)
+            .await
+            .is_err()
+    );
+    w.expect(s, &[]).await;
+    assert_eq!(full_ledger(s, t, "SKU-1").await.len(), 3);
+
+    let canceled = s
+        .transition_order(t, o.id, OrderAction::Cancel)
+        .await
+        .unwrap();
+    let rows = w.expect(s, &[topic("oms", "order.canceled")]).await;
+    assert_envelope(&rows[0], t, "oms", "order.canceled", &o.id.to_string());
+    assert_eq!(data(&rows[0])["status"], "canceled");
+    assert_eq!(data(&rows[0]), serde_json::to_value(&canceled).unwrap());
+    assert!(
+        s.transition_order(t, o.id, OrderAction::Cancel)
+            .await
+            .is_err()
+    );
+    w.expect(s, &[]).await;
+
+    let o = place_sku1(s, t, 1).await;
+    s.transition_order(t, o.id, OrderAction::Fulfill)
+        .await
+        .unwrap();
+    let rows = w
+        .expect(
+            s,
+            &[
+                topic("oms", "order.created"),
+                topic("oms", "order.fulfilled"),
+            ],
+        )
+        .await;
+    assert_eq!(data(&rows[1])["status"], "fulfilled");
+
+    s.delete_product(t, &sku("SKU-1")).await.unwrap();
+    let rows = w.expect(s, &[topic("data", "product.deleted")]).await;
+    assert_envelope(&rows[0], t, "data", "product.deleted", "SKU-1");
+    assert_eq!(data(&rows[0])["sku"], "SKU-1");
+
+    // Event ids are unique; the limit is honoured.
+    let all = outbox_from(s, 0).await;
+    let ids: HashSet<_> = all.iter().map(|r| r.envelope.id).collect();
+    assert_eq!(ids.len(), all.len());
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(s.outbox_after(0, 2).await.unwrap(), all[..2].to_vec());
+    assert!(
+        s.outbox_after(all.last().unwrap().seq, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn place_sku1(s: &dyn Store, t: TenantId, qty: i64) -> Order {
+    place(s, t, qty, AllocationStrategy::Priority).await
+}
+
+// --- concurrency ---
+
+/// 200 concurrent orders of one unit race for the last 50 units, spread over three
+/// warehouses: exactly 50 win, nothing is oversold, and the ledger agrees.
+pub async fn the_race_for_the_last_units(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "race").await;
+    product(s, t, "HOT", 1000, "USD").await;
+    for (c, priority, n) in [("W1", 1, 20), ("W2", 2, 20), ("W3", 3, 10)] {
+        warehouse(s, t, c, priority).await;
+        set(s, t, c, "HOT", n).await;
+    }
+    let mut watch = OutboxWatch::new(s).await;
+    let strategies = [
+        AllocationStrategy::Priority,
+        AllocationStrategy::MostStock,
+        AllocationStrategy::Split,
+    ];
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let cmd = order_cmd(t, &[("HOT", 1)], strategies[i % 3]);
+            tokio::spawn(async move { store.place_order(cmd).await })
+        })
+        .collect();
+    let (mut won, mut lost) = (Vec::new(), 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(order) => won.push(order),
+            Err(StoreError::InsufficientStock(short)) => {
+                assert_eq!(short.len(), 1);
+                assert_eq!((short[0].requested, short[0].available), (1, 0));
+                lost += 1;
+            }
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!((won.len(), lost), (50, 150));
+    let ids: BTreeSet<_> = won.iter().map(|o| o.id).collect();
+    assert_eq!(ids.len(), 50);
+
+    let levels = stock(s, t, "HOT").await;
+    assert_eq!(
+        reserved(&levels),
+        cells(&[("W1", 20, 20), ("W2", 20, 20), ("W3", 10, 10)])
+    );
+    assert_eq!(levels.iter().map(|l| l.reserved).sum::<i64>(), 50);
+    assert_eq!(levels.iter().map(StockLevel::available).sum::<i64>(), 0);
+    // Each winner's allocation adds up to the reservations.
+    let allocated: i64 = won
+        .iter()
+        .flat_map(|o| &o.lines[0].allocations)
+        .map(|a| a.quantity)
+        .sum();
+    assert_eq!(allocated, 50);
+
+    let reserves = full_ledger(s, t, "HOT")
+        .await
+        .into_iter()
+        .filter(|e| e.kind == MovementKind::Reserve)
+        .count();
+    assert_eq!(reserves, 50);
+    let created = watch.added(s).await;
+    assert_eq!(created.len(), 50);
+    assert!(
+        created
+            .iter()
+            .all(|r| r.topic.as_str() == topic("oms", "order.created"))
+    );
+    assert_eq!(s.reconcile(Some(t)).await.unwrap(), vec![]);
+    assert_eq!(s.reconcile(None).await.unwrap(), vec![]);
+}
+
+/// Orders, cancellations and stock adjustments interleaved from many tasks leave levels
+/// that agree with the ledger.
+pub async fn mixed_concurrent_writes_reconcile(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = two_warehouses(s).await;
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                match i % 3 {
+                    0 => store
+                        .adjust_stock(t, &code("A"), &sku("SKU-1"), 1, "delivery")
+                        .await
+                        .map(|_| 0),
+                    1 => store
+                        .place_order(order_cmd(t, &[("SKU-1", 2)], AllocationStrategy::Split))
+                        .await
+                        .map(|_| 1),
+                    _ => {
+                        let o = store
+                            .place_order(order_cmd(
+                                t,
+                                &[("SKU-1", 1)],
+                                AllocationStrategy::Priority,
+                            ))
+                            .await?;
+                        store
+                            .transition_order(t, o.id, OrderAction::Cancel)
+                            .await
+                            .map(|_| 2)
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut placed_two = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(1) => placed_two += 1,
+            Ok(_) | Err(StoreError::InsufficientStock(_)) => {}
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    let levels = stock(s, t, "SKU-1").await;
+    assert_eq!(levels.iter().map(|l| l.on_hand).sum::<i64>(), 25 + 20);
+    assert_eq!(
+        levels.iter().map(|l| l.reserved).sum::<i64>(),
+        2 * placed_two
+    );
+    assert!(levels.iter().all(|l| l.reserved <= l.on_hand));
+    assert_eq!(s.reconcile(Some(t)).await.unwrap(), vec![]);
+}
+
+// --- tenancy ---
+
+pub async fn tenant_isolation(store: Arc<dyn Store>) {
+    let s = &*store;
+    let a = two_warehouses(s).await;
+    let order = place(s, a, 2, AllocationStrategy::Priority).await;
+    let b = tenant(s, "intruder").await;
+    let p = sku("SKU-1");
+
+    assert_err!(s.get_product(b, &p).await, StoreError::NotFound { .. });
+    assert_err!(
+        s.update_product(
+            b,
+            &p,
+            ProductPatch {
+                name: Some("pwned".into()),
+                ..Default::default()
+            }
+        )
+        .await,
+        StoreError::NotFound { .. }
+    );
+    assert_err!(s.delete_product(b, &p).await, StoreError::NotFound { .. });
+    assert_err!(s.get_stock(b, &p).await, StoreError::NotFound { .. });
+    assert_err!(
+        s.ledger(b, &p, PageRequest::default()).await,
+        StoreError::NotFound { .. }
+    );
+    assert_err!(
+        s.set_stock(b, &code("A"), &p, 0, "pwned").await,
+        StoreError::NotFound { .. }
+    );
+    assert_err!(
+        s.adjust_stock(b, &code("A"), &p, -5, "pwned").await,
+        StoreError::NotFound { .. }
+    );
+    assert_err!(s.get_order(b, order.id).await, StoreError::NotFound { .. });
+    for action in [
+        OrderAction::Cancel,
+        OrderAction::Fulfill,
+        OrderAction::Confirm,
+    ] {
+        assert_err!(
+            s.transition_order(b, order.id, action).await,
+            StoreError::NotFound { .. }
+        );
+    }
+    assert_err!(
+        s.place_order(order_cmd(b, &[("SKU-1", 1)], AllocationStrategy::Priority))
+            .await,
+        StoreError::UnknownSkus(skus) if skus == vec![p.clone()]
+    );
+
+    // B's views are empty.
+    assert!(
+        s.list_products(b, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(s.list_warehouses(b).await.unwrap().is_empty());
+    assert!(
+        s.list_orders(b, None, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(s.reconcile(Some(b)).await.unwrap(), vec![]);
+
+    // B's own SKU-1 and warehouse A are B's, and A's rows are untouched.
+    product(s, b, "SKU-1", 1, "USD").await;
+    warehouse(s, b, "A", 1).await;
+    set(s, b, "A", "SKU-1", 1).await;
+    let theirs = place(s, b, 1, AllocationStrategy::Priority).await;
+    assert_eq!(theirs.total, money(1, "USD"));
+    assert_eq!(reserved(&stock(s, b, "SKU-1").await), cells(&[("A", 1, 1)]));
+    assert_eq!(full_ledger(s, b, "SKU-1").await.len(), 2);
+
+    assert_eq!(s.get_order(a, order.id).await.unwrap(), order);
+    assert_err!(s.get_order(a, theirs.id).await, StoreError::NotFound { .. });
+    assert_eq!(
+        reserved(&stock(s, a, "SKU-1").await),
+        cells(&[("A", 5, 2), ("B", 20, 0)])
+    );
+    assert_eq!(s.get_product(a, &p).await.unwrap().price, money(250, "EUR"));
+    assert_eq!(full_ledger(s, a, "SKU-1").await.len(), 3);
+    let listed = s
+        .list_orders(a, None, PageRequest::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(listed, vec![order]);
+    let products = s
+        .list_products(b, PageRequest::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(products.iter().all(|x| x.tenant_id == b) && products.len() == 1);
+    assert!(
+        s.list_warehouses(a)
+            .await
+            .unwrap()
+            .iter()
+            .all(|w| w.tenant_id == a)
+    );
+    assert_eq!(s.reconcile(None).await.unwrap(), vec![]);
+}

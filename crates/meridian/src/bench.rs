@@ -1,0 +1,569 @@
+//! `meridian bench orders`: places orders over real TCP with N concurrent clients against a
+//! seeded catalog, reports throughput and latency percentiles, and checks at the end that no
+//! stock was oversold.
+//!
+//! By default it starts `meridian serve` as a child process on a fresh data directory (or a
+//! fresh PostgreSQL schema), so the server's memory can be read from `/proc`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Place orders of 1 to 3 lines with N concurrent clients; report throughput, latency
+    /// and whether any stock was oversold.
+    Orders(OrdersArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct OrdersArgs {
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Seconds of unmeasured load first.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Products in the catalog.
+    #[arg(long, default_value_t = 10_000)]
+    skus: usize,
+    /// Warehouses, each stocking every SKU.
+    #[arg(long, default_value_t = 3)]
+    warehouses: usize,
+    /// Units of each SKU per warehouse are drawn from 0..=this, so some SKUs sell out.
+    #[arg(long, default_value_t = 200)]
+    max_stock: i64,
+    /// The store of the server the benchmark starts: sqlite or postgres.
+    #[arg(long, default_value = "sqlite")]
+    store: String,
+    /// PostgreSQL URL for --store postgres; the schema `meridian_bench` is recreated.
+    #[arg(
+        long,
+        env = "MERIDIAN_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    database_url: String,
+    /// Benchmark a server that is already running instead (needs --api-key).
+    #[arg(long)]
+    url: Option<String>,
+    #[arg(long, requires = "url")]
+    api_key: Option<String>,
+}
+
+struct Target {
+    base: String,
+    api_key: String,
+    child: Option<tokio::process::Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    let BenchCommand::Orders(args) = command;
+    ensure!(
+        args.clients > 0 && args.skus > 0 && args.warehouses > 0,
+        "--clients, --skus and --warehouses must be positive"
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients * 2)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut target = start_target(&args, &client).await?;
+    let result = drive(&args, &client, &target).await;
+    if let Some(pid) = target.child.as_ref().and_then(|c| c.id()) {
+        if let Some((hwm, rss)) = server_memory(pid) {
+            eprintln!("server memory: peak RSS {hwm} MB, RSS at end {rss} MB");
+        }
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        if let Some(child) = target.child.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+    }
+    result
+}
+
+async fn start_target(args: &OrdersArgs, client: &reqwest::Client) -> Result<Target> {
+    if let Some(url) = &args.url {
+        return Ok(Target {
+            base: url.trim_end_matches('/').to_owned(),
+            api_key: args
+                .api_key
+                .clone()
+                .context("--api-key is required with --url")?,
+            child: None,
+            _dir: None,
+        });
+    }
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut env: Vec<(&str, String)> = vec![
+        ("MERIDIAN_DATA_DIR", dir.path().display().to_string()),
+        ("MERIDIAN_BIND", format!("127.0.0.1:{port}")),
+        ("RUST_LOG", "warn".into()),
+    ];
+    match args.store.as_str() {
+        "sqlite" => env.push(("STORAGE_BACKEND", "sqlite".into())),
+        "postgres" => {
+            reset_bench_schema(&args.database_url).await?;
+            env.push(("STORAGE_BACKEND", "postgres".into()));
+            env.push(("DATABASE_URL", args.database_url.clone()));
+            env.push(("MERIDIAN_DATABASE_SCHEMA", "meridian_bench".into()));
+        }
+        other => bail!("invalid --store {other:?}: expected sqlite or postgres"),
+    }
+    let exe = std::env::current_exe()?;
+    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg("serve")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    for var in [
+        "DATABASE_URL",
+        "MERIDIAN_DATABASE_SCHEMA",
+        "MERIDIAN_CONFIG",
+    ] {
+        if !env.iter().any(|(k, _)| *k == var) {
+            cmd.env_remove(var);
+        }
+    }
+    let child = cmd.spawn().context("cannot start meridian serve")?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(client, &base, dir.path().join("server.log")).await?;
+
+    let out = tokio::process::Command::new(&exe)
+        .args(["tenants", "create", "bench", "--json"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "tenants create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value =
+        serde_json::from_slice(&out.stdout).context("tenants create --json printed no JSON")?;
+    let api_key = created["api_key"]
+        .as_str()
+        .context("no api_key in tenants create output")?
+        .to_owned();
+    eprintln!("started meridian serve ({} store) at {base}", args.store);
+    Ok(Target {
+        base,
+        api_key,
+        child: Some(child),
+        _dir: Some(dir),
+    })
+}
+
+#[cfg(feature = "store-postgres")]
+async fn reset_bench_schema(url: &str) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    tokio::spawn(conn);
+    client
+        .batch_execute("DROP SCHEMA IF EXISTS meridian_bench CASCADE")
+        .await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "store-postgres"))]
+async fn reset_bench_schema(_url: &str) -> Result<()> {
+    bail!("--store postgres needs the `store-postgres` feature")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str, log: PathBuf) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+    bail!("the server did not become ready within 60 s; its log:\n{tail}")
+}
+
+fn server_memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb / 1024)
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// Runs `f` over `items` with `concurrency` requests in flight, printing progress.
+async fn for_each_concurrent<T, F, Fut>(
+    label: &str,
+    items: Vec<T>,
+    concurrency: usize,
+    f: F,
+) -> Result<()>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let total = items.len();
+    let queue = Arc::new(parking_queue(items));
+    let done = Arc::new(AtomicUsize::new(0));
+    let f = Arc::new(f);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (queue, done, f) = (queue.clone(), done.clone(), f.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                // Take the item in its own statement so the lock is released before awaiting.
+                let item = queue.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+                let Some(item) = item else { break };
+                f(item).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let progress = {
+        let done = done.clone();
+        let label = label.to_owned();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                eprintln!("  {label}: {}/{total}", done.load(Ordering::Relaxed));
+            }
+        })
+    };
+    let mut result = Ok(());
+    for t in tasks {
+        if let Err(e) = t.await? {
+            result = Err(e);
+        }
+    }
+    progress.abort();
+    eprintln!(
+        "  {label}: {total}/{total} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    result
+}
+
+fn parking_queue<T>(items: Vec<T>) -> std::sync::Mutex<Vec<T>> {
+    std::sync::Mutex::new(items)
+}
+
+async fn expect_ok(resp: reqwest::Result<reqwest::Response>, what: &str) -> Result<Value> {
+    let resp = resp.with_context(|| format!("{what}: request failed"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    ensure!(status.is_success(), "{what}: HTTP {status}: {body}");
+    Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn sku_name(i: usize) -> String {
+    format!("BENCH-{i:06}")
+}
+
+async fn drive(args: &OrdersArgs, client: &reqwest::Client, target: &Target) -> Result<()> {
+    let base = Arc::new(target.base.clone());
+    let auth = Arc::new(format!("Bearer {}", target.api_key));
+
+    eprintln!(
+        "seeding {} warehouses, {} products and their stock...",
+        args.warehouses, args.skus
+    );
+    for w in 0..args.warehouses {
+        let body =
+            json!({"code": format!("W{w}"), "name": format!("Warehouse {w}"), "priority": w});
+        expect_ok(
+            client
+                .post(format!("{base}/v1/warehouses"))
+                .header("authorization", auth.as_str())
+                .json(&body)
+                .send()
+                .await,
+            "create warehouse",
+        )
+        .await?;
+    }
+    let (c, b, a) = (client.clone(), base.clone(), auth.clone());
+    for_each_concurrent("products", (0..args.skus).collect(), 32, move |i| {
+        let (c, b, a) = (c.clone(), b.clone(), a.clone());
+        async move {
+            let body = json!({"sku": sku_name(i), "name": format!("Bench product {i}"), "price": {"amount": 100 + (i % 5000) as i64, "currency": "EUR"}});
+            expect_ok(c.post(format!("{b}/v1/products")).header("authorization", a.as_str()).json(&body).send().await, "create product").await.map(drop)
+        }
+    })
+    .await?;
+    let mut rng = rand::rng();
+    let mut seeded: HashMap<(usize, String), i64> = HashMap::new();
+    let mut levels = Vec::new();
+    for i in 0..args.skus {
+        for w in 0..args.warehouses {
+            let on_hand = rng.random_range(0..=args.max_stock);
+            seeded.insert((w, sku_name(i)), on_hand);
+            levels.push((w, i, on_hand));
+        }
+    }
+    let (c, b, a) = (client.clone(), base.clone(), auth.clone());
+    for_each_concurrent("stock levels", levels, 32, move |(w, i, on_hand)| {
+        let (c, b, a) = (c.clone(), b.clone(), a.clone());
+        async move {
+            let body = json!({"on_hand": on_hand, "reason": "bench seed"});
+            expect_ok(
+                c.put(format!("{b}/v1/inventory/W{w}/{}", sku_name(i)))
+                    .header("authorization", a.as_str())
+                    .json(&body)
+                    .send()
+                    .await,
+                "set stock",
+            )
+            .await
+            .map(drop)
+        }
+    })
+    .await?;
+
+    if args.warmup > 0 {
+        eprintln!("warming up for {} s...", args.warmup);
+    }
+    let warm = load(args, client, &base, &auth, Duration::from_secs(args.warmup)).await?;
+    eprintln!(
+        "measuring {} clients for {} s...",
+        args.clients, args.duration
+    );
+    let run = load(
+        args,
+        client,
+        &base,
+        &auth,
+        Duration::from_secs(args.duration),
+    )
+    .await?;
+
+    let secs = run.elapsed.as_secs_f64();
+    let h = &run.latency;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "orders benchmark: {} store, {} clients, {} SKUs x {} warehouses, {:.1} s",
+        args.store, args.clients, args.skus, args.warehouses, secs
+    );
+    println!("  requests:   {} ({:.0}/s)", h.len(), h.len() as f64 / secs);
+    println!(
+        "  created:    {} ({:.0} orders/s)",
+        run.created,
+        run.created as f64 / secs
+    );
+    println!("  refused:    {} insufficient_stock", run.refused);
+    println!("  errors:     {}", run.errors);
+    println!(
+        "  latency ms: p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
+        ms(0.50),
+        ms(0.95),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    );
+
+    let mut reserved = warm.reserved;
+    for (k, v) in run.reserved {
+        *reserved.entry(k).or_default() += v;
+    }
+    check_no_oversell(args, client, &base, &auth, &seeded, &reserved).await?;
+    ensure!(
+        run.errors == 0 && warm.errors == 0,
+        "{} requests failed with an unexpected status",
+        run.errors + warm.errors
+    );
+    Ok(())
+}
+
+struct LoadResult {
+    latency: Histogram<u64>,
+    created: u64,
+    refused: u64,
+    errors: u64,
+    elapsed: Duration,
+    /// Units allocated per (warehouse code, sku) by the orders that got a 201.
+    reserved: HashMap<(String, String), i64>,
+}
+
+async fn load(
+    args: &OrdersArgs,
+    client: &reqwest::Client,
+    base: &Arc<String>,
+    auth: &Arc<String>,
+    duration: Duration,
+) -> Result<LoadResult> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (client, base, auth) = (client.clone(), base.clone(), auth.clone());
+        let skus = args.skus;
+        tasks.push(tokio::spawn(async move {
+            let mut r = LoadResult {
+                latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+                created: 0,
+                refused: 0,
+                errors: 0,
+                elapsed: Duration::ZERO,
+                reserved: HashMap::new(),
+            };
+            let url = format!("{base}/v1/orders");
+            // A thread-local RNG cannot cross the await points of a spawned task.
+            let mut rng = StdRng::from_rng(&mut rand::rng());
+            while Instant::now() < deadline {
+                let n = rng.random_range(1..=3);
+                let mut picked: Vec<usize> = Vec::with_capacity(n);
+                while picked.len() < n {
+                    let i = rng.random_range(0..skus);
+                    if !picked.contains(&i) {
+                        picked.push(i);
+                    }
+                }
+                let lines: Vec<Value> = picked
+                    .iter()
+                    .map(|&i| json!({"sku": sku_name(i), "quantity": rng.random_range(1..=3)}))
+                    .collect();
+                let allocation = *["priority", "priority", "most_stock", "split"]
+                    .choose(&mut rng)
+                    .expect("non-empty");
+                let body = json!({"lines": lines, "allocation": allocation});
+                let t0 = Instant::now();
+                let resp = client
+                    .post(&url)
+                    .header("authorization", auth.as_str())
+                    .json(&body)
+                    .send()
+                    .await;
+                let (status, text) = match resp {
+                    Ok(resp) => (
+                        resp.status().as_u16(),
+                        resp.text().await.unwrap_or_default(),
+                    ),
+                    Err(_) => (0, String::new()),
+                };
+                let _ = r.latency.record((t0.elapsed().as_micros() as u64).max(1));
+                match status {
+                    201 => {
+                        r.created += 1;
+                        let order: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        for line in order["lines"].as_array().into_iter().flatten() {
+                            let sku = line["sku"].as_str().unwrap_or_default();
+                            for a in line["allocations"].as_array().into_iter().flatten() {
+                                let wh = a["warehouse"].as_str().unwrap_or_default();
+                                *r.reserved
+                                    .entry((wh.to_owned(), sku.to_owned()))
+                                    .or_default() += a["quantity"].as_i64().unwrap_or(0);
+                            }
+                        }
+                    }
+                    409 => r.refused += 1,
+                    _ => {
+                        if r.errors < 3 {
+                            eprintln!("unexpected response {status}: {text}");
+                        }
+                        r.errors += 1;
+                    }
+                }
+            }
+            r
+        }));
+    }
+    let mut total = LoadResult {
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        created: 0,
+        refused: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        reserved: HashMap::new(),
+    };
+    for t in tasks {
+        let r = t.await?;
+        total.latency.add(&r.latency)?;
+        total.created += r.created;
+        total.refused += r.refused;
+        total.errors += r.errors;
+        for (k, v) in r.reserved {
+            *total.reserved.entry(k).or_default() += v;
+        }
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// Every level must still have its seeded on-hand, reserved must equal exactly what the
+/// 201 responses allocated, and reserved must never exceed on-hand.
+async fn check_no_oversell(
+    args: &OrdersArgs,
+    client: &reqwest::Client,
+    base: &Arc<String>,
+    auth: &Arc<String>,
+    seeded: &HashMap<(usize, String), i64>,
+    reserved: &HashMap<(String, String), i64>,
+) -> Result<()> {
+    eprintln!("checking every stock level against the acknowledged orders...");
+    let problems = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seeded = Arc::new(seeded.clone());
+    let reserved = Arc::new(reserved.clone());
+    let (c, b, a, p) = (client.clone(), base.clone(), auth.clone(), problems.clone());
+    for_each_concurrent("inventory checks", (0..args.skus).collect(), 32, move |i| {
+        let (c, b, a, p, seeded, reserved) = (c.clone(), b.clone(), a.clone(), p.clone(), seeded.clone(), reserved.clone());
+        async move {
+            let sku = sku_name(i);
+            let inv = expect_ok(c.get(format!("{b}/v1/inventory/{sku}")).header("authorization", a.as_str()).send().await, "get inventory").await?;
+            for level in inv["levels"].as_array().into_iter().flatten() {
+                let wh = level["warehouse"].as_str().unwrap_or_default().to_owned();
+                let w: usize = wh.trim_start_matches('W').parse().unwrap_or(usize::MAX);
+                let (on_hand, res) = (level["on_hand"].as_i64().unwrap_or(-1), level["reserved"].as_i64().unwrap_or(-1));
+                let want_on_hand = seeded.get(&(w, sku.clone())).copied().unwrap_or(-1);
+                let want_reserved = reserved.get(&(wh.clone(), sku.clone())).copied().unwrap_or(0);
+                if on_hand != want_on_hand || res != want_reserved || res > on_hand || res < 0 {
+                    p.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(format!(
+                        "{sku} in {wh}: on_hand {on_hand} (seeded {want_on_hand}), reserved {res} (acknowledged {want_reserved})"
+                    ));
+                }
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let problems = problems.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    if problems.is_empty() {
+        println!(
+            "  oversell check: ok (every level: reserved = acknowledged allocations <= on_hand)"
+        );
+        Ok(())
+    } else {
+        for p in problems.iter().take(20) {
+            eprintln!("  {p}");
+        }
+        bail!("oversell check failed on {} stock levels", problems.len())
+    }
+}

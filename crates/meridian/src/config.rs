@@ -1,0 +1,311 @@
+//! Configuration: defaults, then an optional `meridian.toml`, then environment variables.
+//! Everything is validated here, at start-up, and a bad value names its setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use meridian_core::EventSource;
+use meridian_store::StoreConfig;
+use serde::Deserialize;
+
+/// The file form; every key is optional and the environment wins over it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    storage_backend: Option<String>,
+    database_url: Option<String>,
+    database_schema: Option<String>,
+    bind: Option<String>,
+    data_dir: Option<PathBuf>,
+    deployment_id: Option<String>,
+    log_format: Option<String>,
+    body_limit_bytes: Option<usize>,
+    pg_pool_size: Option<usize>,
+    sqlite_readers: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageBackend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub storage_backend: StorageBackend,
+    pub database_url: Option<String>,
+    pub database_schema: Option<String>,
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub deployment_id: String,
+    pub log_format: LogFormat,
+    pub body_limit_bytes: usize,
+    pub pg_pool_size: usize,
+    pub sqlite_readers: usize,
+}
+
+impl Config {
+    /// Loads from `file` (or `./meridian.toml` if it exists) and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        Self::load_from(file, |k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::load`], with the environment given by `env` (for tests).
+    pub fn load_from(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let file_config = match file {
+            Some(path) => read_file(path)?,
+            None if Path::new("meridian.toml").exists() => read_file(Path::new("meridian.toml"))?,
+            None => FileConfig::default(),
+        };
+        let pick = |env_key: &str, file_value: Option<String>| env(env_key).or(file_value);
+
+        let storage_backend = match pick("STORAGE_BACKEND", file_config.storage_backend).as_deref()
+        {
+            None | Some("sqlite") => StorageBackend::Sqlite,
+            Some("postgres") | Some("postgresql") => StorageBackend::Postgres,
+            Some(other) => bail!("invalid STORAGE_BACKEND={other:?}: expected sqlite or postgres"),
+        };
+        let database_url = pick("DATABASE_URL", file_config.database_url).filter(|s| !s.is_empty());
+        if storage_backend == StorageBackend::Postgres {
+            match &database_url {
+                None => bail!("DATABASE_URL is required when STORAGE_BACKEND=postgres"),
+                Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
+                    bail!(
+                        "invalid DATABASE_URL: expected a postgres:// URL when STORAGE_BACKEND=postgres"
+                    )
+                }
+                Some(_) => {}
+            }
+        } else if let Some(u) = &database_url {
+            if !u.starts_with("sqlite:") {
+                bail!("invalid DATABASE_URL: expected sqlite:PATH when STORAGE_BACKEND=sqlite");
+            }
+        }
+        let database_schema =
+            pick("MERIDIAN_DATABASE_SCHEMA", file_config.database_schema).filter(|s| !s.is_empty());
+        if let Some(s) = &database_schema {
+            let ok = s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !s.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                bail!(
+                    "invalid MERIDIAN_DATABASE_SCHEMA={s:?}: use up to 63 of a-z, 0-9 and '_', not starting with a digit"
+                );
+            }
+        }
+        let bind_raw =
+            pick("MERIDIAN_BIND", file_config.bind).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let bind: SocketAddr = bind_raw.parse().with_context(|| {
+            format!("invalid MERIDIAN_BIND={bind_raw:?}: expected host:port such as 127.0.0.1:8080")
+        })?;
+        let data_dir = env("MERIDIAN_DATA_DIR")
+            .map(PathBuf::from)
+            .or(file_config.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        if data_dir.as_os_str().is_empty() {
+            bail!("invalid MERIDIAN_DATA_DIR: must not be empty");
+        }
+        let deployment_id = pick("MERIDIAN_DEPLOYMENT_ID", file_config.deployment_id)
+            .unwrap_or_else(|| "local".into());
+        EventSource::new(&deployment_id)
+            .map_err(|e| anyhow::anyhow!("invalid MERIDIAN_DEPLOYMENT_ID: {e}"))?;
+        let log_format = match pick("MERIDIAN_LOG_FORMAT", file_config.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("invalid MERIDIAN_LOG_FORMAT={other:?}: expected text or json"),
+        };
+        let body_limit_bytes = number(
+            &env,
+            "MERIDIAN_BODY_LIMIT_BYTES",
+            file_config.body_limit_bytes,
+            1 << 20,
+            1024..=64 << 20,
+        )?;
+        let pg_pool_size = number(
+            &env,
+            "MERIDIAN_PG_POOL_SIZE",
+            file_config.pg_pool_size,
+            16,
+            1..=256,
+        )?;
+        let sqlite_readers = number(
+            &env,
+            "MERIDIAN_SQLITE_READERS",
+            file_config.sqlite_readers,
+            4,
+            1..=64,
+        )?;
+        Ok(Config {
+            storage_backend,
+            database_url,
+            database_schema,
+            bind,
+            data_dir,
+            deployment_id,
+            log_format,
+            body_limit_bytes,
+            pg_pool_size,
+            sqlite_readers,
+        })
+    }
+
+    pub fn events(&self) -> EventSource {
+        EventSource::new(&self.deployment_id).expect("validated at load")
+    }
+
+    /// Where the SQLite database lives: `DATABASE_URL=sqlite:PATH`, else `data_dir/meridian.db`.
+    pub fn sqlite_path(&self) -> PathBuf {
+        match &self.database_url {
+            Some(url) => {
+                let p = url.trim_start_matches("sqlite:");
+                PathBuf::from(p.strip_prefix("//").unwrap_or(p))
+            }
+            None => self.data_dir.join("meridian.db"),
+        }
+    }
+
+    pub fn store_config(&self) -> Result<StoreConfig> {
+        match self.storage_backend {
+            StorageBackend::Sqlite => {
+                Ok(StoreConfig::Sqlite(meridian_store::sqlite::SqliteConfig {
+                    path: self.sqlite_path(),
+                    readers: self.sqlite_readers,
+                }))
+            }
+            #[cfg(feature = "store-postgres")]
+            StorageBackend::Postgres => {
+                Ok(StoreConfig::Postgres(meridian_store::postgres::PgConfig {
+                    url: self.database_url.clone().unwrap_or_default(),
+                    schema: self.database_schema.clone(),
+                    pool_size: self.pg_pool_size,
+                }))
+            }
+            #[cfg(not(feature = "store-postgres"))]
+            StorageBackend::Postgres => bail!(
+                "STORAGE_BACKEND=postgres needs the `store-postgres` feature; rebuild with --features store-postgres"
+            ),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn number(
+    env: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    file_value: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize> {
+    let value = match env(key) {
+        Some(raw) => raw
+            .parse::<usize>()
+            .with_context(|| format!("invalid {key}={raw:?}: expected a whole number"))?,
+        None => file_value.unwrap_or(default),
+    };
+    if !range.contains(&value) {
+        bail!(
+            "invalid {key}={value}: must be between {} and {}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(Some(Path::new("/dev/null")), |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_single_node_path() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.storage_backend, StorageBackend::Sqlite);
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.sqlite_path(), PathBuf::from("data/meridian.db"));
+        assert_eq!(c.deployment_id, "local");
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let cases = [
+            (vec![("STORAGE_BACKEND", "mongo")], "STORAGE_BACKEND"),
+            (vec![("STORAGE_BACKEND", "postgres")], "DATABASE_URL"),
+            (
+                vec![
+                    ("STORAGE_BACKEND", "postgres"),
+                    ("DATABASE_URL", "mysql://x"),
+                ],
+                "DATABASE_URL",
+            ),
+            (vec![("MERIDIAN_BIND", "nope")], "MERIDIAN_BIND"),
+            (
+                vec![("MERIDIAN_DEPLOYMENT_ID", "Bad Id")],
+                "MERIDIAN_DEPLOYMENT_ID",
+            ),
+            (vec![("MERIDIAN_LOG_FORMAT", "xml")], "MERIDIAN_LOG_FORMAT"),
+            (
+                vec![("MERIDIAN_PG_POOL_SIZE", "0")],
+                "MERIDIAN_PG_POOL_SIZE",
+            ),
+            (
+                vec![("MERIDIAN_BODY_LIMIT_BYTES", "lots")],
+                "MERIDIAN_BODY_LIMIT_BYTES",
+            ),
+            (
+                vec![("MERIDIAN_DATABASE_SCHEMA", "Robert'); DROP")],
+                "MERIDIAN_DATABASE_SCHEMA",
+            ),
+        ];
+        for (vars, setting) in cases {
+            let err = format!("{:#}", load(&vars).unwrap_err());
+            assert!(err.contains(setting), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meridian.toml");
+        std::fs::write(
+            &path,
+            "bind = \"127.0.0.1:9000\"\ndeployment_id = \"filed\"\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), |k| {
+            (k == "MERIDIAN_BIND").then(|| "127.0.0.1:9100".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.bind.port(), 9100);
+        assert_eq!(c.deployment_id, "filed");
+        std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load_from(Some(&path), |_| None).unwrap_err()
+        );
+        assert!(err.contains("colour"), "{err}");
+    }
+}

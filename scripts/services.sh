@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Makes sure the backing services the test suite talks to are running on this machine,
+# starting any that are stopped, and fails loudly if one cannot be reached.
+#
+#   scripts/services.sh            check and start PostgreSQL (what the tests need today)
+#   scripts/services.sh all        also Redis, RabbitMQ and NATS JetStream
+#
+# Addresses can be overridden with MERIDIAN_TEST_DATABASE_URL's host/port defaults
+# (127.0.0.1:5432). Nothing here downloads anything: the servers come from the OS packages.
+set -euo pipefail
+
+want="${1:-postgres}"
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() { # host port name
+  for _ in $(seq 1 60); do
+    port_open "$1" "$2" && return 0
+    sleep 0.5
+  done
+  log "ERROR: $3 is not reachable on $1:$2 after 30 s"
+  return 1
+}
+
+ensure_postgres() {
+  if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then
+    log "PostgreSQL is up on 127.0.0.1:5432"
+  else
+    log "starting PostgreSQL"
+    if ! command -v pg_ctlcluster >/dev/null; then
+      log "PostgreSQL is not installed; installing it from the OS packages"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    wait_port 127.0.0.1 5432 PostgreSQL
+  fi
+  # The tests connect as postgres to the database `test`; create it if it is missing.
+  if ! psql -h 127.0.0.1 -U postgres -d test -Atqc 'select 1' >/dev/null 2>&1; then
+    psql -h 127.0.0.1 -U postgres -d postgres -qc 'create database test' >/dev/null 2>&1 || true
+  fi
+  psql -h 127.0.0.1 -U postgres -d test -Atqc 'select 1' >/dev/null \
+    || { log "ERROR: cannot connect to PostgreSQL database test as postgres"; exit 1; }
+}
+
+ensure_redis() {
+  port_open 127.0.0.1 6379 && { log "Redis is up"; return; }
+  log "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  wait_port 127.0.0.1 6379 Redis
+}
+
+ensure_rabbitmq() {
+  port_open 127.0.0.1 5672 && { log "RabbitMQ is up"; return; }
+  log "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_port 127.0.0.1 5672 RabbitMQ
+}
+
+ensure_nats() {
+  port_open 127.0.0.1 4222 && { log "NATS is up"; return; }
+  log "starting NATS with JetStream"
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server
+  wait_port 127.0.0.1 4222 NATS
+}
+
+case "$want" in
+  postgres) ensure_postgres ;;
+  all) ensure_postgres; ensure_redis; ensure_rabbitmq; ensure_nats ;;
+  *) log "usage: $0 [postgres|all]"; exit 2 ;;
+esac
