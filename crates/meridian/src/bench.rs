@@ -79,6 +79,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients * 2)
+        .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
         .build()?;
     let mut target = start_target(&args, &client).await?;

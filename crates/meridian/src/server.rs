@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use meridian_api::{ApiConfig, AppState};
 use meridian_store::Store;
 use tokio::net::TcpListener;
@@ -52,6 +53,11 @@ pub async fn serve_with(
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
+    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add tens of milliseconds to a
+    // response written in more than one segment.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, meridian_api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

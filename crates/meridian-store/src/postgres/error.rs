@@ -3,6 +3,7 @@
 //! here and never returned to a client.
 
 use deadpool_postgres::PoolError;
+use meridian_core::ValidationErrors;
 use tokio_postgres::error::SqlState;
 
 use crate::StoreError;
@@ -10,6 +11,7 @@ use crate::StoreError;
 /// Translates an error that has no more specific meaning at its call site.
 ///
 /// - check violation → `StockConflict` (the only CHECK guards stock bounds);
+/// - a NUL character in text → `Validation`;
 /// - lost connections, shutdowns, deadlocks and timeouts → `Unavailable`: nothing was
 ///   committed and a retry may succeed;
 /// - anything else → `Internal`, with the driver's message in the log only.
@@ -29,6 +31,16 @@ pub(super) fn db(e: tokio_postgres::Error) -> StoreError {
         return StoreError::StockConflict(
             "the change would take stock below zero or below what is reserved".into(),
         );
+    }
+    if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE || *code == SqlState::UNTRANSLATABLE_CHARACTER
+    {
+        // PostgreSQL text and jsonb cannot hold U+0000, which is valid in Rust strings and
+        // JSON. That is bad input, not a server fault.
+        tracing::info!(code = code.code(), error = %db, "postgres refused a text value");
+        return StoreError::Validation(ValidationErrors::single(
+            "text",
+            "must not contain the NUL character (U+0000)",
+        ));
     }
     if is_transient(code) {
         tracing::warn!(code = code.code(), error = %db, "postgres transient error");

@@ -5,7 +5,7 @@
 //! - a [`deadpool_postgres`] pool for reads and for the low-volume writes (tenants, keys,
 //!   catalog, warehouses, stock counts, order transitions), each write in its own
 //!   transaction;
-//! - one dedicated connection owned by the order writer ([`writer`]), which places orders
+//! - one dedicated connection owned by the order writer (`writer.rs`), which places orders
 //!   with group commit: it drains every queued order into one transaction, locks the stock
 //!   rows the batch touches, runs [`meridian_orders::plan_batch`] and writes the result with
 //!   a handful of set-based statements. A caller is answered only after `COMMIT` returns.
@@ -13,10 +13,10 @@
 //! Locking discipline (DESIGN.md §4.1): stock rows are always locked with `FOR UPDATE` in
 //! `(tenant_id, warehouse_id, sku)` order; idempotency keys are serialized with
 //! transaction-scoped advisory locks taken in sorted order before any row lock; the outbox
-//! lock ([`sql::OUTBOX_LOCK`]) is taken last, just before commit. No transaction waits on
+//! lock ([`OUTBOX_LOCK_KEY`]) is taken last, just before commit. No transaction waits on
 //! anything outside the database while it holds a lock.
 //!
-//! Driver errors are translated at this seam ([`error`]); their text goes to the log only.
+//! Driver errors are translated at this seam (`error.rs`); their text goes to the log only.
 //!
 //! Tenant isolation is enforced by every query's `tenant_id` predicate. Row-level security
 //! is not enabled yet: it only binds roles that neither own the tables nor are superusers,
@@ -104,6 +104,11 @@ impl PgConfig {
             // Without a timeout an unreachable host blocks a request for the OS default
             // (minutes); fail fast and let the caller see `Unavailable`.
             pg.connect_timeout(Duration::from_secs(5));
+        }
+        if pg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            // The driver's default (two hours) leaves a half-open connection to a vanished
+            // server undetected for that long; probe after 30 s of silence instead.
+            pg.keepalives_idle(Duration::from_secs(30));
         }
         if pg.get_application_name().is_none() {
             pg.application_name(application_name);

@@ -40,18 +40,6 @@ pub(super) const API_KEY_COLUMNS: &str = "id, tenant_id, name, role, created_at,
 /// transaction, right before the outbox insert and `COMMIT`, so it is held only for that.
 pub(super) const OUTBOX_LOCK: &str = "SELECT pg_advisory_xact_lock(7250291605842166801)";
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_outbox_lock_uses_the_published_key() {
-        let key = super::super::OUTBOX_LOCK_KEY.to_string();
-        assert_eq!(
-            super::OUTBOX_LOCK,
-            format!("SELECT pg_advisory_xact_lock({key})")
-        );
-    }
-}
-
 /// Advisory locks on `(tenant, idempotency key)` hashes, taken in array order (the caller
 /// sorts), so concurrent writers, in this process or another, serialize per key.
 pub(super) const LOCK_KEYS: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k";
@@ -144,3 +132,15 @@ pub(super) fn orders_by_id() -> String {
 /// Whether an order exists, after waiting for any transaction still appending to the outbox
 /// (see [`OUTBOX_LOCK`]): used to learn the fate of a batch whose `COMMIT` got no answer.
 pub(super) const ORDER_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM orders WHERE id = $1)";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_outbox_lock_uses_the_published_key() {
+        let key = super::super::OUTBOX_LOCK_KEY.to_string();
+        assert_eq!(
+            super::OUTBOX_LOCK,
+            format!("SELECT pg_advisory_xact_lock({key})")
+        );
+    }
+}

@@ -23,7 +23,7 @@
 //! exists, after waiting on the outbox lock that the old transaction held until it ended,
 //! and answers accordingly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -196,14 +196,39 @@ impl Task {
     }
 
     /// Places one batch; returns one answer per command, in order.
+    ///
+    /// If the batch fails for a reason other than an outage, one order may be to blame (a
+    /// value the database refuses, say), and it must not take the others down with it:
+    /// the orders are then placed one by one, so each gets its own answer.
     async fn process(&mut self, cmds: &[PlaceOrder]) -> Vec<Result<Order>> {
-        let mut conn = match self.take_connection().await {
-            Ok(conn) => conn,
-            Err(e) => return repeat(&e, cmds.len()),
-        };
+        match self.attempt(cmds).await {
+            Ok(answers) => answers,
+            Err(e) if cmds.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
+                tracing::warn!(
+                    orders = cmds.len(),
+                    error = %e,
+                    "order batch failed; placing its orders one at a time"
+                );
+                let mut answers = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    match self.attempt(std::slice::from_ref(cmd)).await {
+                        Ok(one) => answers.extend(one),
+                        Err(e) => answers.push(Err(e)),
+                    }
+                }
+                answers
+            }
+            Err(e) => repeat(&e, cmds.len()),
+        }
+    }
+
+    /// Places `cmds` in one transaction: one answer per command, or the error that failed
+    /// the whole transaction (nothing of it committed).
+    async fn attempt(&mut self, cmds: &[PlaceOrder]) -> Result<Vec<Result<Order>>> {
+        let mut conn = self.take_connection().await?;
         let started = Instant::now();
         // A panic in planning must not kill the writer (every later order would fail):
-        // answer this batch with an error, drop the connection (which rolls back) and go on.
+        // fail this batch, drop the connection (which rolls back) and go on.
         let result = AssertUnwindSafe(place_batch(&mut conn, cmds, &self.events))
             .catch_unwind()
             .await;
@@ -215,34 +240,35 @@ impl Task {
                     "order batch committed"
                 );
                 self.conn = Some(conn);
-                answers
+                Ok(answers)
             }
             Ok(Err(Failed::RolledBack(e))) => {
-                if !conn.client.is_closed() {
+                // After an outage-class error the connection may be dying even if the
+                // driver has not noticed yet (a FATAL arrives before the socket closes):
+                // start the next batch on a fresh one.
+                if !conn.client.is_closed() && !matches!(e, StoreError::Unavailable(_)) {
                     self.conn = Some(conn);
                 }
-                repeat(&e, cmds.len())
+                Err(e)
             }
             Ok(Err(Failed::CommitUnknown { probe, answers })) => {
                 drop(conn);
                 match self.committed(probe).await {
-                    Ok(true) => answers,
-                    Ok(false) => repeat(
-                        &StoreError::Unavailable(
-                            "the database connection was lost; the order was not placed".into(),
-                        ),
-                        cmds.len(),
-                    ),
+                    Ok(true) => Ok(answers),
+                    Ok(false) => Err(StoreError::Unavailable(
+                        "the database connection was lost; the order was not placed".into(),
+                    )),
                     Err(e) => {
-                        tracing::error!(order.id = %probe, error = %e, "cannot learn whether an order batch committed");
-                        repeat(
-                            &StoreError::Unavailable(
-                                "the database connection was lost while committing; retry \
-                                 with the same Idempotency-Key to learn the outcome"
-                                    .into(),
-                            ),
-                            cmds.len(),
-                        )
+                        tracing::error!(
+                            order.id = %probe,
+                            error = %e,
+                            "cannot learn whether an order batch committed"
+                        );
+                        Err(StoreError::Unavailable(
+                            "the database connection was lost while committing; retry with \
+                             the same Idempotency-Key to learn the outcome"
+                                .into(),
+                        ))
                     }
                 }
             }
@@ -251,10 +277,9 @@ impl Task {
                     orders = cmds.len(),
                     "order writer panicked while placing a batch; it was rolled back"
                 );
-                repeat(
-                    &StoreError::Internal("the order writer failed on this batch".into()),
-                    cmds.len(),
-                )
+                Err(StoreError::Internal(
+                    "the order writer failed on this batch".into(),
+                ))
             }
         }
     }
@@ -318,6 +343,7 @@ fn repeat(e: &StoreError, n: usize) -> Vec<Result<Order>> {
             Err(match e {
                 StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
                 StoreError::StockConflict(m) => StoreError::StockConflict(m.clone()),
+                StoreError::Validation(v) => StoreError::Validation(v.clone()),
                 StoreError::Internal(m) => StoreError::Internal(m.clone()),
                 other => StoreError::Internal(other.to_string()),
             })
@@ -376,9 +402,7 @@ async fn place_batch(
     let (sku_tenants, skus): (Vec<Uuid>, Vec<&str>) = skus.into_iter().unzip();
 
     let s = &conn.stmts;
-    let t0 = Instant::now();
     let tx = conn.client.transaction().await.map_err(rolled_back)?;
-    let t1 = Instant::now();
     // One round trip; the server runs them in this order, so the key locks are held
     // before the idempotency records are read.
     let (_, idempotency_rows, product_rows, stock_rows) = futures::try_join!(
@@ -403,19 +427,16 @@ async fn place_batch(
     let mut snapshot =
         snapshot(&idempotency_rows, &product_rows, &stock_rows).map_err(Failed::RolledBack)?;
 
-    let t2 = Instant::now();
     let now = meridian_core::now();
     let (outcomes, writes) = plan_batch(&mut snapshot, cmds, events, now);
-    let t3 = Instant::now();
 
     // Retries answered with an order from an earlier batch read it back here; those from
     // this batch are in `writes.orders`.
+    let created: HashSet<OrderId> = writes.orders.iter().map(|o| o.id).collect();
     let mut earlier: Vec<Uuid> = outcomes
         .iter()
         .filter_map(|o| match o {
-            PlaceOutcome::Existing(id) if !writes.orders.iter().any(|w| w.id == *id) => {
-                Some(*id.as_uuid())
-            }
+            PlaceOutcome::Existing(id) if !created.contains(id) => Some(*id.as_uuid()),
             _ => None,
         })
         .collect();
@@ -439,19 +460,8 @@ async fn place_batch(
     }
     let earlier = writes::decode_orders(&earlier_rows).map_err(Failed::RolledBack)?;
     let answers = answer(outcomes, &writes.orders, &earlier);
-    let t4 = Instant::now();
-    let r = tx.commit().await;
-    let t5 = Instant::now();
-    eprintln!(
-        "n={} begin={:?} load={:?} plan={:?} write={:?} commit={:?}",
-        cmds.len(),
-        t1 - t0,
-        t2 - t1,
-        t3 - t2,
-        t4 - t3,
-        t5 - t4
-    );
-    match r {
+
+    match tx.commit().await {
         Ok(()) => Ok(answers),
         Err(e) if error::is_connection_lost(&e) => match writes.orders.first() {
             Some(order) => {

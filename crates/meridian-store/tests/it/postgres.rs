@@ -13,7 +13,7 @@ use std::time::Duration;
 use meridian_catalog::{Attributes, NewProduct};
 use meridian_core::{EventSource, Money, Quantity, TenantId};
 use meridian_inventory::NewWarehouse;
-use meridian_orders::{AllocationStrategy, OrderLineRequest, OrderRequest, PlaceOrder};
+use meridian_orders::{AllocationStrategy, Customer, OrderLineRequest, OrderRequest, PlaceOrder};
 use meridian_store::postgres::{PgConfig, PgStore};
 use meridian_store::{Store, StoreError};
 
@@ -60,6 +60,36 @@ impl Schema {
                     server_url()
                 )
             })
+    }
+
+    /// Polls until `n` of the store's sessions wait for a lock, while `pending()` holds.
+    /// Returns `false` as soon as `pending()` fails; panics if they are not waiting in 10 s.
+    async fn until_sessions_wait(&self, n: i64, pending: impl Fn() -> bool) -> bool {
+        let admin = self.admin().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if !pending() {
+                return false;
+            }
+            let waiting: i64 = admin
+                .query_one(
+                    "SELECT count(DISTINCT l.pid) FROM pg_locks l \
+                     JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE NOT l.granted AND a.application_name = $1",
+                    &[&self.name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == n {
+                return true;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} sessions never queued for a lock ({waiting} did)"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// A plain connection to the server, for looking behind the store's back.
@@ -336,37 +366,82 @@ async fn outbox_appends_wait_for_earlier_commits() {
     // Both must end up waiting (never completing while the lock is held): the stock write on
     // the outbox lock, the order on the stock row the stock write holds, or on the outbox
     // lock if it got the row first.
-    let checker = schema.admin().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            !write.is_finished() && !order.is_finished(),
-            "a write skipped the outbox lock"
-        );
-        let waiting: i64 = checker
-            .query_one(
-                "SELECT count(DISTINCT l.pid) FROM pg_locks l \
-                 JOIN pg_stat_activity a ON a.pid = l.pid \
-                 WHERE NOT l.granted AND a.application_name = $1",
-                &[&schema.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting == 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the writes never queued behind the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let waiting = schema
+        .until_sessions_wait(2, || !write.is_finished() && !order.is_finished())
+        .await;
+    assert!(
+        waiting,
+        "a write completed without waiting for the outbox lock"
+    );
     tx.commit().await.unwrap();
     write.await.unwrap().unwrap();
     order.await.unwrap().unwrap();
     let rows = store.outbox_after(0, 100).await.unwrap();
     assert_eq!(rows.len(), before + 2);
+    assert_eq!(store.reconcile(Some(t)).await.unwrap(), vec![]);
+}
+
+/// One order the database refuses (a NUL in the customer's name: PostgreSQL text cannot
+/// hold U+0000) gets a validation error of its own; the orders that shared its batch are
+/// placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_order_does_not_fail_its_batch() {
+    let schema = Schema::new();
+    let store = schema.open().await;
+    let t = stocked(&store, 100).await;
+
+    // Hold the stock row so that the writer's first batch waits on it and the next orders
+    // queue up behind it, to be placed together as one batch.
+    let mut admin = schema.admin().await;
+    let lock = admin.transaction().await.unwrap();
+    lock.execute(
+        &format!("SELECT 1 FROM {}.stock_levels FOR UPDATE", schema.name),
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut first = store.place_order(one_unit(t, None));
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    assert!(schema.until_sessions_wait(1, || true).await);
+
+    let mut batch: Vec<_> = (0..10)
+        .map(|i| {
+            let mut cmd = one_unit(t, None);
+            let name = if i == 4 { "Ana\0" } else { "Ana" };
+            cmd.request = OrderRequest::new(
+                cmd.request.lines().to_vec(),
+                Some(Customer {
+                    email: "ana@example.com".into(),
+                    name: Some(name.into()),
+                }),
+                None,
+                AllocationStrategy::Priority,
+            )
+            .unwrap();
+            store.place_order(cmd)
+        })
+        .collect();
+    for order in &mut batch {
+        // One poll hands the order to the writer's queue.
+        assert!(futures::poll!(order.as_mut()).is_pending());
+    }
+    lock.rollback().await.unwrap();
+    first.await.unwrap();
+
+    let results = futures::future::join_all(batch).await;
+    for (i, r) in results.iter().enumerate() {
+        match (i, r) {
+            (4, Err(StoreError::Validation(_))) => {}
+            (4, other) => panic!("the NUL order must be refused: {other:?}"),
+            (_, Ok(order)) => assert_eq!(
+                order.customer.as_ref().unwrap().name.as_deref(),
+                Some("Ana")
+            ),
+            (_, Err(e)) => panic!("order {i} failed with its batch: {e:?}"),
+        }
+    }
+    let level = &store.get_stock(t, &"SKU-1".parse().unwrap()).await.unwrap()[0];
+    assert_eq!(level.reserved, 10);
     assert_eq!(store.reconcile(Some(t)).await.unwrap(), vec![]);
 }
 
