@@ -134,6 +134,16 @@ async fn set(store: &dyn Store, t: TenantId, c: &str, s: &str, n: i64) -> StockL
         .unwrap()
 }
 
+/// A tenant with product `SKU-1` (1.00 USD) and `n` units in warehouse `W1`; for the
+/// backends' own tests.
+pub(crate) async fn stocked(store: &dyn Store, n: i64) -> TenantId {
+    let t = tenant(store, "t").await;
+    product(store, t, "SKU-1", 100, "USD").await;
+    warehouse(store, t, "W1", 1).await;
+    set(store, t, "W1", "SKU-1", n).await;
+    t
+}
+
 fn request(lines: &[(&str, i64)], strategy: AllocationStrategy) -> OrderRequest {
     let lines = lines
         .iter()

@@ -10,9 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_catalog::{Attributes, NewProduct};
-use meridian_core::{EventSource, Money, Quantity, TenantId};
-use meridian_inventory::NewWarehouse;
+use meridian_core::{EventSource, Quantity, TenantId};
 use meridian_orders::{AllocationStrategy, Customer, OrderLineRequest, OrderRequest, PlaceOrder};
 use meridian_store::postgres::{PgConfig, PgStore};
 use meridian_store::{Store, StoreError};
@@ -141,49 +139,11 @@ pub async fn postgres_store() -> TestStore {
     }
 }
 
+use crate::conformance::stocked;
+
 crate::conformance::conformance_suite!(postgres_store);
 
 // --- PostgreSQL only ---
-
-/// A tenant with product `SKU-1` and `n` units in warehouse `W1`.
-async fn stocked(store: &dyn Store, n: i64) -> TenantId {
-    let t = store.create_tenant("t").await.unwrap().id;
-    store
-        .create_product(
-            t,
-            NewProduct {
-                sku: "SKU-1".parse().unwrap(),
-                name: "Thing".into(),
-                description: None,
-                price: Money::new(100, "USD".parse().unwrap()),
-                attributes: Attributes::new(),
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .create_warehouse(
-            t,
-            NewWarehouse {
-                code: "W1".parse().unwrap(),
-                name: "Main".into(),
-                priority: 1,
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .set_stock(
-            t,
-            &"W1".parse().unwrap(),
-            &"SKU-1".parse().unwrap(),
-            n,
-            "initial",
-        )
-        .await
-        .unwrap();
-    t
-}
 
 fn one_unit(t: TenantId, key: Option<String>) -> PlaceOrder {
     PlaceOrder {
