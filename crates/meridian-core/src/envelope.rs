@@ -21,8 +21,53 @@ impl Topic {
         Topic(format!("deployment.{deployment}.platform.{domain}.{event}"))
     }
 
+    /// Parses a full topic name: `deployment.{deployment}.platform.{domain}.{event...}`,
+    /// every segment `[a-z0-9_-]+`, at most [`Topic::MAX_LEN`] bytes.
+    pub fn parse(s: &str) -> Result<Topic, String> {
+        if s.len() > Self::MAX_LEN {
+            return Err(format!(
+                "topic is {} bytes long; the limit is {}",
+                s.len(),
+                Self::MAX_LEN
+            ));
+        }
+        let segments: Vec<&str> = s.split('.').collect();
+        let shape_ok =
+            segments.len() >= 5 && segments[0] == "deployment" && segments[2] == "platform";
+        if !shape_ok {
+            return Err(format!(
+                "topic {s:?} must look like deployment.{{id}}.platform.{{domain}}.{{event}}"
+            ));
+        }
+        if let Some(bad) = segments.iter().find(|seg| !valid_segment(seg)) {
+            return Err(format!(
+                "topic {s:?} has an invalid segment {bad:?}: use a-z, 0-9, '_' and '-'"
+            ));
+        }
+        Ok(Topic(s.to_owned()))
+    }
+
+    /// The longest topic name accepted, in bytes.
+    pub const MAX_LEN: usize = 255;
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The deployment id: the second segment.
+    pub fn deployment(&self) -> &str {
+        self.0.split('.').nth(1).unwrap_or_default()
+    }
+
+    /// The dead-letter topic of this topic: `<topic>.dlq`.
+    pub fn dead_letter(&self) -> Topic {
+        Topic(format!("{}.dlq", self.0))
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -113,6 +158,29 @@ mod tests {
         assert!(valid_segment("a-b_1"));
         assert!(!valid_segment("A"));
         assert!(!valid_segment(""));
+    }
+
+    #[test]
+    fn topics_parse_only_inside_a_deployment_namespace() {
+        let t = Topic::parse("deployment.d1.platform.oms.order.created").unwrap();
+        assert_eq!(t.deployment(), "d1");
+        assert_eq!(
+            t.dead_letter().as_str(),
+            "deployment.d1.platform.oms.order.created.dlq"
+        );
+        for bad in [
+            "",
+            "platform.oms.order",
+            "deployment.d1.platform.oms",
+            "deployment.d1.other.oms.x",
+            "deployment.D1.platform.oms.x",
+            "deployment.d1.platform.oms..x",
+            "deployment.d1.platform.oms.*",
+            "deployment.d1.platform.oms.>",
+        ] {
+            assert!(Topic::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Topic::parse(&format!("deployment.d.platform.x.{}", "a".repeat(300))).is_err());
     }
 }
 

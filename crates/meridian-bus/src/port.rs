@@ -1,0 +1,217 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meridian_core::{Envelope, Timestamp, Topic};
+
+use crate::{BusError, TopicPattern};
+
+/// The largest serialized envelope a backend accepts, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// A message on the bus: where it goes and the CloudEvents envelope it carries. The
+/// envelope's `subject` (the aggregate id) is the ordering key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub topic: Topic,
+    pub envelope: Envelope,
+}
+
+impl Message {
+    pub fn new(topic: Topic, envelope: Envelope) -> Self {
+        Self { topic, envelope }
+    }
+
+    /// The ordering key: messages with the same key on the same topic are delivered to a
+    /// consumer in publish order (where [`Capabilities::ordered_per_key`] holds).
+    pub fn key(&self) -> &str {
+        &self.envelope.subject
+    }
+
+    /// The wire form every backend stores: the envelope's JSON, refused above `limit`.
+    pub fn encode(&self, limit: usize) -> Result<Vec<u8>, BusError> {
+        let bytes =
+            serde_json::to_vec(&self.envelope).map_err(|e| BusError::Internal(e.to_string()))?;
+        if bytes.len() > limit {
+            return Err(BusError::PayloadTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The inverse of [`Message::encode`].
+    pub fn decode(topic: &str, bytes: &[u8]) -> Result<Message, BusError> {
+        let topic = Topic::parse(topic).map_err(BusError::InvalidTopic)?;
+        let envelope = serde_json::from_slice(bytes)
+            .map_err(|e| BusError::Internal(format!("undecodable message on {topic}: {e}")))?;
+        Ok(Message { topic, envelope })
+    }
+}
+
+/// What a backend guarantees. Callers and the conformance suite branch on these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Published messages survive a restart of the backend and of the process.
+    pub durable: bool,
+    /// A subscription can start from a position or a time in the past ([`StartAt`]).
+    pub replay: bool,
+    /// The broker matches wildcard patterns itself (otherwise the client filters).
+    pub native_wildcards: bool,
+    /// The broker moves dead letters itself (otherwise [`crate::consumer`] does).
+    pub native_dlq: bool,
+    /// A consumer sees the messages of one key on one topic in publish order.
+    pub ordered_per_key: bool,
+}
+
+/// Where a new consumer starts. An existing durable consumer always resumes after its last
+/// acknowledged message, whatever this says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartAt {
+    /// Only messages published after the subscription is set up.
+    #[default]
+    New,
+    /// Everything the backend still holds.
+    Earliest,
+    /// From this backend position (inclusive); needs [`Capabilities::replay`].
+    Position(u64),
+    /// From the first message published at or after this time; needs
+    /// [`Capabilities::replay`].
+    Time(Timestamp),
+}
+
+/// How to subscribe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// The consumer's name (`[a-z0-9_-]+`). Subscriptions with the same name share the
+    /// messages (a consumer group); different names each get every message (fan-out).
+    pub consumer: String,
+    /// Keep the consumer's position across restarts.
+    pub durable: bool,
+    /// The most unacknowledged deliveries this subscription holds at once.
+    pub max_in_flight: usize,
+    /// An unacknowledged delivery is redelivered after this long.
+    pub ack_wait: Duration,
+    pub start: StartAt,
+}
+
+impl SubscribeOptions {
+    /// A durable consumer named `consumer` with the defaults: 64 in flight, 30 s ack wait,
+    /// new messages only.
+    pub fn durable(consumer: &str) -> Self {
+        Self {
+            consumer: consumer.to_owned(),
+            durable: true,
+            max_in_flight: 64,
+            ack_wait: Duration::from_secs(30),
+            start: StartAt::New,
+        }
+    }
+
+    /// As [`SubscribeOptions::durable`], but forgotten when the subscription ends.
+    pub fn ephemeral(consumer: &str) -> Self {
+        Self {
+            durable: false,
+            ..Self::durable(consumer)
+        }
+    }
+}
+
+/// Settles one delivery. Backends implement it; callers use [`Delivery::ack`] and
+/// [`Delivery::nack`].
+#[async_trait]
+pub trait AckHandle: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), BusError>;
+    /// Redeliver after `delay`, with the attempt count raised.
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BusError>;
+}
+
+/// One delivery of a message to a subscription.
+pub struct Delivery {
+    pub message: Message,
+    /// 1 on the first delivery, 2 on the first redelivery, and so on.
+    pub attempt: u32,
+    /// The backend's position of the message, where it has one (for replay).
+    pub position: Option<u64>,
+    handle: Box<dyn AckHandle>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.message.topic)
+            .field("id", &self.message.envelope.id)
+            .field("attempt", &self.attempt)
+            .field("position", &self.position)
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub fn new(
+        message: Message,
+        attempt: u32,
+        position: Option<u64>,
+        handle: Box<dyn AckHandle>,
+    ) -> Self {
+        Self {
+            message,
+            attempt,
+            position,
+            handle,
+        }
+    }
+
+    /// Done: never deliver this message to this consumer again.
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.handle.ack().await
+    }
+
+    /// Not done: deliver it again after `delay`.
+    pub async fn nack(self, delay: Duration) -> Result<(), BusError> {
+        self.handle.nack(delay).await
+    }
+}
+
+/// An open subscription. Dropping it stops deliveries; unacknowledged ones are redelivered
+/// (to another member of the group, or after a restart).
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; waits until one is available. `Closed` once the bus is shut down.
+    async fn next(&mut self) -> Result<Delivery, BusError>;
+}
+
+/// The bus contract.
+///
+/// Publishing MUST validate the topic (it lies under `deployment.{id}.`) and refuse a
+/// serialized envelope over the backend's payload limit with `PayloadTooLarge`, before
+/// anything is sent. `publish` returns only once the backend has accepted the message,
+/// durably where [`Capabilities::durable`] holds.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// `"memory"`, `"embedded"`, `"nats"`, `"rabbitmq"` or `"kafka"`.
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    async fn publish(&self, message: Message) -> Result<(), BusError>;
+
+    /// Publishes each message, reporting each one's outcome in order. Backends override
+    /// this to pipeline; the default publishes one at a time.
+    async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<(), BusError>> {
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            out.push(self.publish(m).await);
+        }
+        out
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &TopicPattern,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Succeeds when the broker can be reached (for `/readyz`).
+    async fn ping(&self) -> Result<(), BusError>;
+}
