@@ -2,16 +2,24 @@
 # Makes sure the backing services the test suite talks to are running on this machine,
 # starting any that are stopped, and fails loudly if one cannot be reached.
 #
-#   scripts/services.sh            check and start PostgreSQL (what the tests need today)
-#   scripts/services.sh all        also Redis, RabbitMQ and NATS JetStream
+#   scripts/services.sh            PostgreSQL, RabbitMQ and NATS JetStream (what the tests need)
+#   scripts/services.sh all        also Redis
+#   scripts/services.sh postgres   one service (postgres, rabbitmq, nats or redis)
 #
 # Addresses can be overridden with MERIDIAN_TEST_DATABASE_URL's host/port defaults
 # (127.0.0.1:5432). Nothing here downloads anything: the servers come from the OS packages.
 set -euo pipefail
 
-want="${1:-postgres}"
+want="${1:-tests}"
 
 log() { printf 'services: %s\n' "$*" >&2; }
+
+# Installs a Debian package when its server binary is missing (a fresh machine).
+need_package() { # binary package
+  command -v "$1" >/dev/null 2>&1 || [ -x "$1" ] && return 0
+  log "$2 is not installed; installing it from the OS packages"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -47,6 +55,7 @@ ensure_postgres() {
 ensure_redis() {
   port_open 127.0.0.1 6379 && { log "Redis is up"; return; }
   log "starting Redis"
+  need_package redis-server redis-server
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
   wait_port 127.0.0.1 6379 Redis
 }
@@ -54,6 +63,7 @@ ensure_redis() {
 ensure_rabbitmq() {
   port_open 127.0.0.1 5672 && { log "RabbitMQ is up"; return; }
   log "starting RabbitMQ"
+  need_package rabbitmq-server rabbitmq-server
   rabbitmq-server -detached >/dev/null 2>&1 || true
   wait_port 127.0.0.1 5672 RabbitMQ
 }
@@ -61,13 +71,19 @@ ensure_rabbitmq() {
 ensure_nats() {
   port_open 127.0.0.1 4222 && { log "NATS is up"; return; }
   log "starting NATS with JetStream"
+  need_package /usr/sbin/nats-server nats-server
+  mkdir -p /var/lib/nats-server
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
     -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server
   wait_port 127.0.0.1 4222 NATS
 }
 
 case "$want" in
+  tests) ensure_postgres; ensure_rabbitmq; ensure_nats ;;
+  all) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_redis ;;
   postgres) ensure_postgres ;;
-  all) ensure_postgres; ensure_redis; ensure_rabbitmq; ensure_nats ;;
-  *) log "usage: $0 [postgres|all]"; exit 2 ;;
+  rabbitmq) ensure_rabbitmq ;;
+  nats) ensure_nats ;;
+  redis) ensure_redis ;;
+  *) log "usage: $0 [tests|all|postgres|rabbitmq|nats|redis]"; exit 2 ;;
 esac

@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/services.sh postgres
+scripts/services.sh tests
 
-# PostgreSQL tests fail (never skip) when they cannot reach this server.
+# Backend tests fail (never skip) when they cannot reach these servers.
 export MERIDIAN_TEST_DATABASE_URL="${MERIDIAN_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+export MERIDIAN_TEST_NATS_URL="${MERIDIAN_TEST_NATS_URL:-nats://127.0.0.1:4222}"
+export MERIDIAN_TEST_AMQP_URL="${MERIDIAN_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --no-fail-fast "$@"

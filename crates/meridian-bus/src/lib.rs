@@ -14,14 +14,42 @@
 //!
 //! Backends say what they guarantee through [`Capabilities`]; tests and callers branch on
 //! those flags, never on a backend's name. Every backend passes the conformance suite in
-//! `conformance`.
+//! `conformance`. The contract, with its MUSTs and SHOULDs, is written out in
+//! `docs/specs/bus.md`.
+//!
+//! This crate also holds [`MemoryBus`], the in-process backend (not durable; the
+//! lowest-latency path), and [`bench::bench_memory`], its publish-to-deliver benchmark.
+//!
+//! # The conformance suite
+//!
+//! The suite lives behind the cargo feature `conformance` (it adds no dependencies). A
+//! backend crate enables it from its dev-dependencies and invokes [`bus_conformance!`] once,
+//! with a factory returning a fresh `conformance::TestBus`:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! meridian-bus = { workspace = true, features = ["conformance"] }
+//! tokio.workspace = true
+//! ```
+//!
+//! This crate's own integration tests (`tests/it`, the memory backend) declare
+//! `required-features = ["conformance"]`, so they run with
+//! `cargo test -p meridian-bus --features conformance` and with
+//! `cargo nextest run --workspace --all-features`; without the feature cargo skips them.
 
+pub mod bench;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod consumer;
 mod error;
+mod memory;
 mod pattern;
 mod port;
 mod retry;
 
+pub use consumer::{DeadLetter, DeadLetterSink, Handler, HandlerError, NoopSink};
 pub use error::BusError;
+pub use memory::{MemoryBus, MemoryBusConfig};
 pub use pattern::TopicPattern;
 pub use port::{
     AckHandle, Bus, Capabilities, Delivery, MAX_PAYLOAD_BYTES, Message, StartAt, SubscribeOptions,

@@ -124,6 +124,14 @@ pub trait AckHandle: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<(), BusError>;
     /// Redeliver after `delay`, with the attempt count raised.
     async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BusError>;
+
+    /// As [`AckHandle::nack`], handing the delivered message back: a backend that keeps
+    /// no copy of delivered messages (the memory bus) redelivers this one. [`Delivery::nack`]
+    /// calls this; the default ignores the message and calls `nack`.
+    async fn nack_with(self: Box<Self>, message: Message, delay: Duration) -> Result<(), BusError> {
+        drop(message);
+        self.nack(delay).await
+    }
 }
 
 /// One delivery of a message to a subscription.
@@ -169,7 +177,7 @@ impl Delivery {
 
     /// Not done: deliver it again after `delay`.
     pub async fn nack(self, delay: Duration) -> Result<(), BusError> {
-        self.handle.nack(delay).await
+        self.handle.nack_with(self.message, delay).await
     }
 }
 
@@ -178,6 +186,9 @@ impl Delivery {
 #[async_trait]
 pub trait Subscription: Send {
     /// The next delivery; waits until one is available. `Closed` once the bus is shut down.
+    ///
+    /// Cancel-safe: if the returned future is dropped before it completes, no delivery is
+    /// lost (callers `select!` over it with shutdown signals and timeouts).
     async fn next(&mut self) -> Result<Delivery, BusError>;
 }
 

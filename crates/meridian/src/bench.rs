@@ -25,6 +25,28 @@ pub enum BenchCommand {
     /// Place orders of 1 to 3 lines with N concurrent clients; report throughput, latency
     /// and whether any stock was oversold.
     Orders(OrdersArgs),
+    /// Move messages through a bus backend with one producer and one consumer; report the
+    /// amortized publish-to-deliver cost per message.
+    Bus(BusArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct BusArgs {
+    /// The backend to measure: memory.
+    #[arg(long, default_value = "memory")]
+    backend: String,
+    /// Messages moved through the bus.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Messages per publish_batch call (1: one publish per message).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Keep no copy of delivered messages (see MemoryBusConfig::track_unacked).
+    #[arg(long)]
+    untracked: bool,
+    /// Microseconds an idle consumer spins before parking (see MemoryBusConfig::spin).
+    #[arg(long, default_value_t = 20)]
+    spin_us: u64,
 }
 
 #[derive(Args, Clone)]
@@ -72,7 +94,10 @@ struct Target {
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
-    let BenchCommand::Orders(args) = command;
+    let args = match command {
+        BenchCommand::Orders(args) => args,
+        BenchCommand::Bus(args) => return run_bus(args).await,
+    };
     ensure!(
         args.clients > 0 && args.skus > 0 && args.warehouses > 0,
         "--clients, --skus and --warehouses must be positive"
@@ -97,6 +122,47 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         }
     }
     result
+}
+
+/// `meridian bench bus`: the figure is wall time from the first publish to the last ack,
+/// divided by the messages (see `meridian_bus::bench`).
+async fn run_bus(args: BusArgs) -> Result<()> {
+    ensure!(args.messages > 0, "--messages must be positive");
+    match args.backend.as_str() {
+        "memory" => {}
+        other => bail!("invalid --backend {other:?}: this benchmark measures memory"),
+    }
+    let options = meridian_bus::bench::BenchOptions {
+        messages: args.messages,
+        batch: args.batch,
+        track_unacked: !args.untracked,
+        spin: Duration::from_micros(args.spin_us),
+    };
+    let r = meridian_bus::bench::bench_memory_with(options).await?;
+    println!(
+        "bus memory: {} messages, batch {}, track_unacked {}, spin {} us",
+        args.messages, options.batch, options.track_unacked, args.spin_us
+    );
+    println!("  elapsed:    {:.3} s", r.elapsed.as_secs_f64());
+    println!("  throughput: {:.0} messages/s", r.messages_per_second);
+    println!(
+        "  amortized:  {:.1} ns/message publish-to-deliver (publish, next, ack, free)",
+        r.ns_per_message
+    );
+    println!(
+        "  median round: {:.1} ns/message",
+        r.median_round_ns_per_message
+    );
+    println!(
+        "  of which freeing the envelope: {:.1} ns; the bus itself: {:.1} ns",
+        r.drop_ns_per_message,
+        r.transport_ns_per_message()
+    );
+    println!(
+        "  baseline: a bare tokio mpsc channel moves the same messages at {:.1} ns/message",
+        r.channel_ns_per_message
+    );
+    Ok(())
 }
 
 async fn start_target(args: &OrdersArgs, client: &reqwest::Client) -> Result<Target> {

@@ -9,7 +9,7 @@ use meridian_core::{
 };
 use meridian_inventory::{LedgerEntry, Movement, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::conn::immediate;
@@ -122,7 +122,7 @@ pub(super) fn revoke_api_key(conn: &mut Connection, tenant: TenantId, key: ApiKe
 /// Writes a `platform.data.product.*` event whose data is the product as it now is (or,
 /// for a deletion, as it was).
 fn write_product_event(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     events: &EventSource,
     event: &str,
     p: &Product,

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use crate::StoreError;
 
@@ -26,6 +27,9 @@ const STATEMENT_CACHE: usize = 64;
 pub(super) enum Access {
     Write,
     Read,
+    /// The checkpointer's connection (see `checkpoint`): it copies WAL frames to the
+    /// database file without going through its page cache, so it keeps SQLite's default.
+    Checkpoint,
 }
 
 /// Opens a connection to `path` with Meridian's PRAGMAs.
@@ -61,11 +65,22 @@ fn configure(conn: &Connection, access: Access) -> Result<(), StoreError> {
     // pages from the OS. The writer touches the most pages, so it gets the most room
     // (negative values are KiB).
     let cache_kib = match access {
-        Access::Write => 64 * 1024,
-        Access::Read => 16 * 1024,
+        Access::Write => Some(64 * 1024),
+        Access::Read => Some(16 * 1024),
+        Access::Checkpoint => None,
     };
-    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    if let Some(kib) = cache_kib {
+        conn.pragma_update(None, "cache_size", -kib)?;
+    }
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The query planner stability guarantee: a statement's plan never depends on the values
+    // bound to it. Without it, SQLite marks the parameter of a `col = ?` term that the
+    // chosen index does not use (such as the `w.tenant_id = ?1` that the stock-level join
+    // derives) as "re-plan if rebound", and `sqlite3_clear_bindings`, which rusqlite calls
+    // whenever a cached statement goes back to its cache, then expires the statement: it
+    // was parsed and planned again on every use, on the writer's hottest query. Meridian
+    // never runs ANALYZE, so value-dependent plans would gain it nothing.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     if access == Access::Read {
         // Read connections are opened read-write (so they can take part in WAL recovery
         // and share memory) but refuse to change anything.
@@ -116,10 +131,79 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// busy_timeout. An error rolls everything back.
 pub(super) fn immediate<R>(
     conn: &mut Connection,
-    f: impl FnOnce(&Transaction<'_>) -> Result<R, StoreError>,
+    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = WriteTx::begin(conn)?;
     let r = f(&tx)?;
     tx.commit()?;
     Ok(r)
 }
+
+/// A `BEGIN IMMEDIATE` transaction on the write connection. Unlike rusqlite's
+/// `Transaction`, which runs `execute_batch("BEGIN ...")` and `execute_batch("COMMIT")` and
+/// so parses both again every time, it begins and commits with cached statements: the
+/// writer runs one per batch, hundreds a second. Dropped without [`WriteTx::commit`] (an
+/// error, a panic unwinding, a failed `COMMIT`), it rolls back.
+pub(super) struct WriteTx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> WriteTx<'c> {
+    pub(super) fn begin(conn: &'c Connection) -> Result<Self, StoreError> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Self { conn })
+    }
+
+    /// Commits; returns once the commit is durable (synchronous = FULL).
+    pub(super) fn commit(self) -> Result<(), StoreError> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        // Still in a transaction: it was not committed, or its COMMIT failed.
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "sqlite rollback failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    /// A cached statement must run as prepared, not be parsed and planned again on every
+    /// use (see the QPSG setting in `configure`).
+    #[test]
+    fn cached_statements_are_not_reprepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("t.db"), Access::Write).unwrap();
+        migrate(&mut conn).unwrap();
+        // Re-prepared on every run without the QPSG: the join derives `w.tenant_id = ?1`,
+        // a term the warehouse lookup does not use, and SQLite marks such a parameter.
+        for i in 0..3 {
+            let mut stmt = conn.prepare_cached(super::super::queries::LEVELS_OF).unwrap();
+            let n = stmt
+                .query_map(params!["t", format!("SKU-{i}")], |_| Ok(()))
+                .unwrap()
+                .count();
+            assert_eq!(n, 0);
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "run {i}");
+        }
+    }
+}
+

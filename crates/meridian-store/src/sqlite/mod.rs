@@ -7,6 +7,8 @@
 //!   `BEGIN IMMEDIATE` transaction. Another process writing the same file (say
 //!   `meridian tenants create` next to a running server) is serialized by SQLite's lock and
 //!   waited for under a 5 s busy timeout.
+//! - **Checkpoints.** A checkpointer thread with its own connection copies the WAL back into
+//!   the database file while the writer goes on writing (see [`checkpoint`]).
 //! - **Readers.** A small pool of `query_only` connections used from `spawn_blocking`; WAL
 //!   lets them read while the writer writes.
 //! - **Schema.** Embedded, numbered migrations in `migrations/sqlite/`, applied by
@@ -14,6 +16,7 @@
 //!
 //! No lock is ever held across an `.await`: async code only sends jobs and awaits answers.
 
+mod checkpoint;
 mod commands;
 mod conn;
 mod error;
@@ -87,7 +90,7 @@ impl SqliteStore {
         let SqliteConfig { path, readers } = config;
         let readers = readers.max(1);
         let path_for_open = path.clone();
-        let (write_conn, read_conns) = tokio::task::spawn_blocking(move || {
+        let (write_conn, ckpt_conn, read_conns) = tokio::task::spawn_blocking(move || {
             let path = path_for_open;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
@@ -99,16 +102,17 @@ impl SqliteStore {
             }
             let mut write_conn = conn::open(&path, Access::Write)?;
             conn::migrate(&mut write_conn)?;
+            let ckpt_conn = conn::open(&path, Access::Checkpoint)?;
             let read_conns = (0..readers)
                 .map(|_| conn::open(&path, Access::Read))
                 .collect::<Result<Vec<Connection>>>()?;
-            Ok::<_, StoreError>((write_conn, read_conns))
+            Ok::<_, StoreError>((write_conn, ckpt_conn, read_conns))
         })
         .await
         .map_err(|_| lost("opener"))??;
         tracing::info!(path = %path.display(), readers, "opened sqlite store");
         Ok(Self {
-            writer: Writer::start(write_conn, events.clone())?,
+            writer: Writer::start(write_conn, ckpt_conn, events.clone())?,
             readers: Arc::new(Readers::new(path, read_conns)),
             events,
         })

@@ -186,14 +186,17 @@ pub(super) fn list_warehouses(conn: &Connection, tenant: TenantId) -> Result<Vec
     Ok(items)
 }
 
+/// Every level of a tenant's (`?1`) SKU (`?2`), by warehouse priority then code.
+pub(super) const LEVELS_OF: &str = concat!(
+    "SELECT ",
+    level_columns!(),
+    " FROM stock_levels s JOIN warehouses w ON w.tenant_id = s.tenant_id AND w.id = s.warehouse_id \
+      WHERE s.tenant_id = ?1 AND s.sku = ?2 ORDER BY w.priority, w.code"
+);
+
 /// Every level of `sku`, by warehouse priority then code.
 pub(super) fn levels_of(conn: &Connection, tenant: TenantId, sku: &Sku) -> Result<Vec<StockLevel>> {
-    let mut stmt = conn.prepare_cached(concat!(
-        "SELECT ",
-        level_columns!(),
-        " FROM stock_levels s JOIN warehouses w ON w.tenant_id = s.tenant_id AND w.id = s.warehouse_id \
-          WHERE s.tenant_id = ?1 AND s.sku = ?2 ORDER BY w.priority, w.code"
-    ))?;
+    let mut stmt = conn.prepare_cached(LEVELS_OF)?;
     let levels = stmt
         .query_map(params![tenant.to_string(), sku.as_str()], rows::level)?
         .collect::<rusqlite::Result<_>>()?;

@@ -23,9 +23,11 @@ use meridian_core::{EventSource, Sku, TenantId};
 use meridian_orders::{
     IdempotencyRecord, Order, PlaceOrder, PlaceOutcome, ProductRef, Snapshot, plan_batch,
 };
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{self, WalKeeper, WalLimits};
+use super::conn::WriteTx;
 use super::error::lost;
 use super::queries;
 use super::rows::{apply_stock_delta, insert_ledger, insert_order, insert_outbox, parsed, ts};
@@ -63,11 +65,18 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer thread on `conn`. The thread ends when every `Writer` is dropped
     /// and the queued jobs are done.
-    pub(super) fn start(conn: Connection, events: EventSource) -> Result<Self> {
+    /// `ckpt_conn` is for the checkpointer thread that runs beside the writer (see
+    /// [`checkpoint`](super::checkpoint)).
+    pub(super) fn start(
+        mut conn: Connection,
+        ckpt_conn: Connection,
+        events: EventSource,
+    ) -> Result<Self> {
+        let wal = checkpoint::start(&mut conn, ckpt_conn, WalLimits::default())?;
         let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("meridian-sqlite-writer".into())
-            .spawn(move || run(conn, rx, &events))
+            .spawn(move || run(conn, rx, &events, &wal))
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot start the sqlite writer thread");
                 StoreError::Unavailable("cannot start the sqlite writer thread".into())
@@ -110,7 +119,12 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, events: &EventSource) {
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    events: &EventSource,
+    wal: &WalKeeper,
+) {
     tracing::debug!("sqlite writer started");
     while let Some(job) = rx.blocking_recv() {
         match job {
@@ -131,6 +145,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, events: &EventSource) 
                 }
             }
         }
+        wal.after_commit(&conn);
     }
     tracing::debug!("sqlite writer stopped");
 }
@@ -192,7 +207,7 @@ fn place_in_one_transaction(
     events: &EventSource,
     cmds: &[PlaceOrder],
 ) -> Result<Vec<Result<Order>>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = WriteTx::begin(conn)?;
     let mut snapshot = load_snapshot(&tx, cmds)?;
     let now = meridian_core::now();
     let (outcomes, writes) = plan_batch(&mut snapshot, cmds, events, now);

@@ -1,0 +1,417 @@
+//! The backend-neutral consumer loop: deliver each message to a [`Handler`], acknowledge on
+//! success, retry with exponential backoff and jitter ([`RetryPolicy`]) on failure, and after
+//! the last attempt move the message to `<topic>.dlq` as a [`DeadLetter`].
+//!
+//! The loop works the same on every backend; a backend with
+//! [`Capabilities::native_dlq`](crate::Capabilities) still receives the dead letter from here,
+//! so the dead-letter topic's contents do not depend on the backend.
+//!
+//! Delivery is at least once: a handler may see a message again after a crash, a failed
+//! acknowledgement or a broker restart, so handlers must be idempotent (DESIGN.md §4.3).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use meridian_core::{Envelope, EventId, Timestamp, Topic};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use crate::{Bus, BusError, Delivery, Message, RetryPolicy, SubscribeOptions, TopicPattern};
+
+/// The CloudEvents `type` of a dead-letter envelope.
+pub const DEAD_LETTER_TYPE: &str = "meridian.bus.dead_letter";
+
+/// Why a handler could not process a message. The reason is stored with the dead letter,
+/// so it should say what failed in terms an operator can act on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct HandlerError {
+    pub reason: String,
+}
+
+impl HandlerError {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(reason: String) -> Self {
+        Self { reason }
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(reason: &str) -> Self {
+        Self::new(reason)
+    }
+}
+
+/// Processes one message. Called at least once per message; must be idempotent.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError>;
+}
+
+/// A message that failed its last attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// The id of the dead-letter envelope published on `<topic>.dlq`.
+    pub id: EventId,
+    /// The message as it was delivered.
+    pub original: Message,
+    /// The handler's reason for the last failure.
+    pub reason: String,
+    /// Deliveries made before giving up.
+    pub attempts: u32,
+    /// The consumer that gave up.
+    pub consumer: String,
+    pub failed_at: Timestamp,
+}
+
+impl DeadLetter {
+    pub fn new(original: Message, reason: String, attempts: u32, consumer: String) -> Self {
+        Self {
+            id: EventId::new(),
+            original,
+            reason,
+            attempts,
+            consumer,
+            failed_at: meridian_core::now(),
+        }
+    }
+
+    /// The message published to `<topic>.dlq`: an envelope of type
+    /// [`DEAD_LETTER_TYPE`] for the same tenant and subject, whose data holds the reason,
+    /// the attempt count, the consumer, the time, the original topic and the original
+    /// envelope.
+    pub fn to_message(&self) -> Message {
+        let original = &self.original;
+        let envelope = Envelope {
+            specversion: "1.0".to_owned(),
+            id: self.id,
+            source: format!(
+                "/meridian/{}/bus/{}",
+                original.topic.deployment(),
+                self.consumer
+            ),
+            ty: DEAD_LETTER_TYPE.to_owned(),
+            time: self.failed_at,
+            subject: original.envelope.subject.clone(),
+            datacontenttype: "application/json".to_owned(),
+            tenant: original.envelope.tenant,
+            traceparent: original.envelope.traceparent.clone(),
+            schemaversion: "1".to_owned(),
+            data: json!({
+                "reason": self.reason,
+                "attempts": self.attempts,
+                "consumer": self.consumer,
+                "failed_at": self.failed_at,
+                "original_topic": original.topic,
+                "original": original.envelope,
+            }),
+        };
+        Message::new(original.topic.dead_letter(), envelope)
+    }
+
+    /// Reads a dead letter back from a message on a `<topic>.dlq` topic (for listing and
+    /// replaying dead letters).
+    pub fn from_message(message: &Message) -> Result<DeadLetter, BusError> {
+        let bad = |what: &str| {
+            BusError::Internal(format!(
+                "message {} on {} is not a dead letter: {what}",
+                message.envelope.id, message.topic
+            ))
+        };
+        let e = &message.envelope;
+        if e.ty != DEAD_LETTER_TYPE {
+            return Err(bad("wrong type"));
+        }
+        let data = &e.data;
+        let original_topic = data["original_topic"]
+            .as_str()
+            .ok_or_else(|| bad("no original_topic"))
+            .and_then(|t| Topic::parse(t).map_err(BusError::InvalidTopic))?;
+        let original: Envelope = serde_json::from_value(data["original"].clone())
+            .map_err(|err| bad(&format!("bad original envelope: {err}")))?;
+        let failed_at: Timestamp = serde_json::from_value(data["failed_at"].clone())
+            .map_err(|err| bad(&format!("bad failed_at: {err}")))?;
+        Ok(DeadLetter {
+            id: e.id,
+            original: Message::new(original_topic, original),
+            reason: data["reason"].as_str().unwrap_or_default().to_owned(),
+            attempts: data["attempts"]
+                .as_u64()
+                .and_then(|a| u32::try_from(a).ok())
+                .ok_or_else(|| bad("no attempts"))?,
+            consumer: data["consumer"].as_str().unwrap_or_default().to_owned(),
+            failed_at,
+        })
+    }
+}
+
+/// Where dead letters are recorded so that they can be listed and replayed (the store, in
+/// the server). Called after the dead letter is on `<topic>.dlq` and before the original
+/// is acknowledged; an error makes the loop retry the whole step later.
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    async fn record(&self, dead_letter: &DeadLetter) -> Result<(), BusError>;
+}
+
+/// A sink that records nothing: the `<topic>.dlq` topic is the only trace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopSink;
+
+#[async_trait]
+impl DeadLetterSink for NoopSink {
+    async fn record(&self, _dead_letter: &DeadLetter) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// How long the loop waits before asking an unavailable backend again.
+const RECONNECT_BACKOFF: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
+
+/// Runs a consumer until `shutdown` turns `true` (then `Ok`) or the bus is closed (then
+/// `Err(BusError::Closed)`).
+///
+/// For each delivery: the handler's `Ok` acknowledges it; an `Err` (or a panic) before the
+/// last attempt negatively acknowledges it with `policy.backoff(attempt)`; on the last
+/// attempt the message is published to `<topic>.dlq` as a [`DeadLetter`], recorded in
+/// `dead_letters`, and then acknowledged. While the backend is unavailable the loop backs off
+/// and keeps going; it never gives up on its own. A delivery in progress is finished before
+/// shutdown is honoured.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    pattern: TopicPattern,
+    options: SubscribeOptions,
+    handler: Arc<dyn Handler>,
+    policy: RetryPolicy,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    let consumer = options.consumer.clone();
+    let mut failures = 0u32;
+    let mut subscription = loop {
+        let subscribed = tokio::select! {
+            biased;
+            () = shutdown_requested(&mut shutdown) => return Ok(()),
+            s = bus.subscribe(&pattern, options.clone()) => s,
+        };
+        match subscribed {
+            Ok(s) => break s,
+            Err(e) if transient(&e) => {
+                failures += 1;
+                warn!(pattern = %pattern, consumer = %consumer, error = %e, "cannot subscribe yet; retrying");
+                if !pause(RECONNECT_BACKOFF.backoff(failures), &mut shutdown).await {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let step = Step {
+        bus: bus.as_ref(),
+        handler: handler.as_ref(),
+        policy: &policy,
+        dead_letters: dead_letters.as_ref(),
+        consumer: &consumer,
+    };
+    failures = 0;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown_requested(&mut shutdown) => return Ok(()),
+            d = subscription.next() => d,
+        };
+        match next {
+            Ok(delivery) => {
+                failures = 0;
+                step.process(delivery).await;
+            }
+            Err(BusError::Closed) => return Err(BusError::Closed),
+            Err(e) if transient(&e) => {
+                // The backend reconnects inside the subscription; asking again after a pause
+                // is all the loop can do, and giving up would silently stop a consumer.
+                failures += 1;
+                warn!(pattern = %pattern, consumer = %consumer, error = %e, failures, "bus unavailable; backing off");
+                if !pause(RECONNECT_BACKOFF.backoff(failures), &mut shutdown).await {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Errors after which asking again later can succeed.
+fn transient(e: &BusError) -> bool {
+    matches!(e, BusError::Unavailable(_) | BusError::Internal(_))
+}
+
+/// Resolves when shutdown is requested; never, if the sender is gone (nobody can ask).
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sleeps for `delay`; `false` if shutdown was requested meanwhile.
+async fn pause(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        biased;
+        () = shutdown_requested(shutdown) => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// What happened to one delivery; the hook point for metrics (delivered, acked, nacked and
+/// dead-lettered counters per pattern).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Acked,
+    Nacked,
+    DeadLettered,
+    /// Settling failed; the backend will redeliver.
+    Unsettled,
+}
+
+struct Step<'a> {
+    bus: &'a dyn Bus,
+    handler: &'a dyn Handler,
+    policy: &'a RetryPolicy,
+    dead_letters: &'a dyn DeadLetterSink,
+    consumer: &'a str,
+}
+
+impl Step<'_> {
+    async fn process(&self, delivery: Delivery) {
+        let span = info_span!(
+            "bus.consume",
+            topic = %delivery.message.topic,
+            consumer = %self.consumer,
+            attempt = delivery.attempt,
+            event.id = %delivery.message.envelope.id,
+        );
+        let outcome = self.settle(delivery).instrument(span.clone()).await;
+        // Metrics hook: count `outcome` per pattern (delivered, acked, nacked,
+        // dead-lettered) and observe end-to-end latency here; label by pattern, never by
+        // tenant.
+        span.in_scope(|| debug!(?outcome, "delivery settled"));
+    }
+
+    async fn settle(&self, delivery: Delivery) -> Outcome {
+        let attempt = delivery.attempt;
+        // A panicking handler is a failed attempt, not a dead consumer: the loop must keep
+        // serving the other messages.
+        let result = AssertUnwindSafe(self.handler.handle(&delivery.message))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(HandlerError::new(format!("handler panicked: {what}")))
+            });
+        match result {
+            Ok(()) => match delivery.ack().await {
+                Ok(()) => Outcome::Acked,
+                Err(e) => {
+                    warn!(error = %e, "ack failed; the message will be redelivered");
+                    Outcome::Unsettled
+                }
+            },
+            Err(e) if !self.policy.exhausted(attempt) => {
+                warn!(reason = %e.reason, "handler failed; retrying later");
+                self.nack(delivery).await
+            }
+            Err(e) => self.dead_letter(delivery, e.reason).await,
+        }
+    }
+
+    async fn nack(&self, delivery: Delivery) -> Outcome {
+        let delay = self.policy.backoff(delivery.attempt);
+        match delivery.nack(delay).await {
+            Ok(()) => Outcome::Nacked,
+            Err(e) => {
+                warn!(error = %e, "nack failed; the message will be redelivered");
+                Outcome::Unsettled
+            }
+        }
+    }
+
+    /// Publishes the dead letter, records it, and only then acknowledges the original, so a
+    /// crash in between duplicates a dead letter rather than losing the message.
+    async fn dead_letter(&self, delivery: Delivery, reason: String) -> Outcome {
+        let dead = DeadLetter::new(
+            delivery.message.clone(),
+            reason,
+            delivery.attempt,
+            self.consumer.to_owned(),
+        );
+        if let Err(e) = self.bus.publish(dead.to_message()).await {
+            error!(error = %e, reason = %dead.reason, "cannot publish the dead letter; retrying later");
+            return self.nack(delivery).await;
+        }
+        if let Err(e) = self.dead_letters.record(&dead).await {
+            error!(error = %e, "cannot record the dead letter; retrying later");
+            return self.nack(delivery).await;
+        }
+        warn!(reason = %dead.reason, dead_letter.id = %dead.id, "message dead-lettered");
+        match delivery.ack().await {
+            Ok(()) => Outcome::DeadLettered,
+            Err(e) => {
+                warn!(error = %e, "ack after dead-lettering failed; the message will be redelivered");
+                Outcome::Unsettled
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_core::TenantId;
+
+    #[test]
+    fn dead_letters_round_trip_through_their_message() {
+        let topic = Topic::platform("d", "oms", "order.created");
+        let original = Message::new(
+            topic.clone(),
+            Envelope::new(
+                "/meridian/d/oms",
+                "meridian.oms.order.created",
+                TenantId::new(),
+                "order-1",
+                meridian_core::now(),
+                json!({"n": 1}),
+            ),
+        );
+        let dead = DeadLetter::new(original.clone(), "boom".into(), 3, "projector".into());
+        let m = dead.to_message();
+        assert_eq!(m.topic, topic.dead_letter());
+        assert_eq!(m.envelope.ty, DEAD_LETTER_TYPE);
+        assert_eq!(m.envelope.tenant, original.envelope.tenant);
+        assert_eq!(m.envelope.subject, "order-1");
+        assert_eq!(m.envelope.data["reason"], "boom");
+        assert_eq!(m.envelope.data["attempts"], 3);
+        assert_eq!(
+            m.envelope.data["original_topic"],
+            "deployment.d.platform.oms.order.created"
+        );
+        assert_eq!(DeadLetter::from_message(&m).unwrap(), dead);
+        assert!(DeadLetter::from_message(&original).is_err());
+    }
+}

@@ -1,0 +1,1100 @@
+//! `MemoryBus`: the in-process backend. Nothing is durable; it is the lowest-latency path
+//! and the reference the conformance suite runs against first. `meridian bench bus
+//! --backend memory` ([`crate::bench`]) measures it.
+//!
+//! Shape:
+//! - A *group* is a consumer name and a pattern; it holds the subscriptions (*members*)
+//!   sharing that name. Every group whose pattern matches a topic gets each message
+//!   (fan-out); inside a group the message goes to one member, chosen by a hash of its key,
+//!   so one key's messages stay in order on one member while membership is stable.
+//! - Each member has one queue behind a mutex, holding batches: a `publish_batch` whose
+//!   messages share a topic is queued as the `Vec` it arrived in, without moving a message.
+//!   The subscription takes the whole queue in one swap, so a busy consumer locks once per
+//!   batch rather than once per message, and a publisher wakes the consumer only when it is
+//!   parked. An idle consumer can spin briefly before parking ([`MemoryBusConfig::spin`]),
+//!   since a wake-up costs more than many messages.
+//! - Which groups a topic reaches is computed once per topic and cached; a new or removed
+//!   group clears the cache. Only valid topics enter the cache, so a hit also means the
+//!   topic was validated.
+//! - Payload size is checked with an upper bound of the envelope's JSON length that needs no
+//!   serialization (see [`json_len_bound`]); only an envelope whose bound exceeds the limit
+//!   is measured exactly.
+//!
+//! Redelivery: a nack hands the message back ([`AckHandle::nack_with`]), so nacks never need
+//! a copy. Redelivering a delivery that is *abandoned* (dropped unsettled, left unacked past
+//! `ack_wait`, or held by a subscription that is dropped) needs a copy of the message taken
+//! at delivery; [`MemoryBusConfig::track_unacked`] (on by default) keeps one. Turning it off
+//! saves a clone per delivery for consumers that always settle, such as [`crate::consumer`]
+//! (which turns handler panics into nacks); an abandoned delivery is then lost, with a
+//! warning.
+//!
+//! Lock order: registry → routes → group → member queue.
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future as _;
+use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meridian_core::{Envelope, Topic, valid_segment};
+use parking_lot::{Mutex, RwLock};
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, warn};
+
+use crate::{
+    AckHandle, Bus, BusError, Capabilities, Delivery, MAX_PAYLOAD_BYTES, Message, StartAt,
+    SubscribeOptions, Subscription, TopicPattern,
+};
+
+const NAME: &str = "memory";
+
+/// Routes are cached per topic; past this many distinct topics the cache starts over, so a
+/// stream of one-off topics cannot grow it without bound.
+const ROUTE_CACHE_LIMIT: usize = 4096;
+
+/// How the memory bus trades safety for speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBusConfig {
+    /// Keep a copy of each delivered message until it is settled, so that an abandoned
+    /// delivery is redelivered. Costs one clone of the message per delivery.
+    pub track_unacked: bool,
+    /// How long a consumer that has run out of messages keeps polling for new ones before
+    /// it parks. Waking a parked task costs microseconds (a futex call and a context
+    /// switch), many times the cost of a message, so a short spin keeps a busy stream from
+    /// paying it per batch; the price is up to this much CPU each time a consumer goes
+    /// idle, during which its worker thread runs nothing else. Zero (the default) parks at
+    /// once, which suits a server whose consumers are mostly idle; tens of microseconds
+    /// suit a dedicated low-latency stream.
+    pub spin: Duration,
+}
+
+impl Default for MemoryBusConfig {
+    fn default() -> Self {
+        Self {
+            track_unacked: true,
+            spin: Duration::ZERO,
+        }
+    }
+}
+
+/// The in-process bus. Cloning gives another handle on the same bus.
+///
+/// Capabilities: not durable, no replay (`StartAt::Position` and `StartAt::Time` are
+/// refused; `StartAt::Earliest` is `StartAt::New`, since nothing is kept), patterns matched
+/// in process, ordered per key. A durable consumer name keeps receiving into a backlog
+/// while no subscription is attached, for as long as the bus lives; an ephemeral one is
+/// forgotten with its last subscription.
+#[derive(Clone)]
+pub struct MemoryBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBus")
+            .field("config", &self.inner.config)
+            .field("groups", &self.inner.registry.read().groups.len())
+            .finish()
+    }
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Inner {
+    config: MemoryBusConfig,
+    registry: RwLock<Registry>,
+    /// Topic → the groups whose pattern matches it.
+    routes: RwLock<HashMap<Box<str>, Route>>,
+    closed: AtomicBool,
+    next_member: AtomicU64,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// By (consumer name, pattern).
+    groups: HashMap<(String, String), Arc<Group>>,
+}
+
+type Route = Arc<[Arc<Group>]>;
+
+struct Group {
+    pattern: TopicPattern,
+    durable: bool,
+    /// Picks a member from a message's key.
+    key_hasher: RandomState,
+    state: Mutex<GroupState>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    members: Vec<Arc<Member>>,
+    /// Messages of a durable group with no member attached, kept for the next one.
+    backlog: VecDeque<Pending>,
+    /// Removed from the registry: a publisher holding a stale route drops its message.
+    removed: bool,
+}
+
+/// A message waiting for delivery and the attempt its next delivery will be.
+struct Pending {
+    message: Message,
+    attempt: u32,
+}
+
+/// Messages queued together, in order, all due for the same attempt. A published batch
+/// is queued as the very `Vec` it arrived in, so queueing it moves no message.
+struct Batch {
+    attempt: u32,
+    /// A single message, without allocating a `Vec` for it.
+    first: Option<Message>,
+    rest: std::vec::IntoIter<Message>,
+}
+
+impl Batch {
+    fn one(p: Pending) -> Self {
+        Self {
+            attempt: p.attempt,
+            first: Some(p.message),
+            rest: Vec::new().into_iter(),
+        }
+    }
+
+    fn new_messages(messages: Vec<Message>) -> Self {
+        Self {
+            attempt: 1,
+            first: None,
+            rest: messages.into_iter(),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        let message = self.first.take().or_else(|| self.rest.next())?;
+        Some(Pending {
+            message,
+            attempt: self.attempt,
+        })
+    }
+}
+
+impl Iterator for Batch {
+    type Item = Pending;
+    fn next(&mut self) -> Option<Pending> {
+        self.pop()
+    }
+}
+
+struct Member {
+    id: u64,
+    group: Arc<Group>,
+    queue: Mutex<MemberQueue>,
+    /// Delivered and not yet settled.
+    in_flight: AtomicUsize,
+    /// The consumer is parked until an ack frees a slot (acks do not take the lock).
+    awaiting_credit: AtomicBool,
+    /// Bumped by every push, so an idle consumer can spin on it without the lock.
+    pushes: AtomicU64,
+    track_unacked: bool,
+    ack_wait: Duration,
+}
+
+#[derive(Default)]
+struct MemberQueue {
+    ready: VecDeque<Batch>,
+    /// Nacked messages, due at a time.
+    delayed: BinaryHeap<Delayed>,
+    /// Copies of delivered messages, by delivery sequence (with `track_unacked`).
+    unacked: HashMap<u64, Unacked>,
+    waker: Option<Waker>,
+    /// The subscription is gone: settling goes back to the group.
+    closed: bool,
+}
+
+struct Delayed {
+    due: Instant,
+    pending: Pending,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        self.due == other.due
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    /// Reversed: `BinaryHeap` is a max-heap and the earliest due must come out first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.due.cmp(&self.due)
+    }
+}
+
+struct Unacked {
+    message: Message,
+    attempt: u32,
+    deadline: Instant,
+}
+
+impl MemoryBus {
+    pub fn new() -> Self {
+        Self::with_config(MemoryBusConfig::default())
+    }
+
+    pub fn with_config(config: MemoryBusConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                registry: RwLock::new(Registry::default()),
+                routes: RwLock::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+                next_member: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Shuts the bus down: publishing fails and every subscription's `next` returns
+    /// `Closed`. Queued messages are dropped.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let registry = self.inner.registry.read();
+        for group in registry.groups.values() {
+            for member in &group.state.lock().members {
+                member.wake();
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<(), BusError> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(BusError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The groups `topic` reaches, validating the topic on a cache miss.
+    fn route(&self, topic: &Topic) -> Result<Route, BusError> {
+        if let Some(route) = self.routes.read().get(topic.as_str()) {
+            return Ok(route.clone());
+        }
+        self.route_slow(topic)
+    }
+
+    #[cold]
+    fn route_slow(&self, topic: &Topic) -> Result<Route, BusError> {
+        // `Topic` can be deserialized without validation, so check it again here.
+        let topic = Topic::parse(topic.as_str()).map_err(BusError::InvalidTopic)?;
+        // Holding the registry lock while filling the cache keeps a concurrent subscribe
+        // (which clears the cache under the write lock) from being overwritten by a stale
+        // route.
+        let registry = self.registry.read();
+        let route: Route = registry
+            .groups
+            .values()
+            .filter(|g| g.pattern.matches(&topic))
+            .cloned()
+            .collect();
+        let mut routes = self.routes.write();
+        if routes.len() >= ROUTE_CACHE_LIMIT {
+            routes.clear();
+        }
+        routes.insert(topic.as_str().into(), route.clone());
+        Ok(route)
+    }
+
+    /// The route of `messages` if they are all acceptable and on one topic.
+    fn uniform_route(&self, messages: &[Message]) -> Option<Route> {
+        let first = messages.first()?;
+        if self.check_open().is_err() {
+            return None;
+        }
+        let route = self.route(&first.topic).ok()?;
+        messages
+            .iter()
+            .all(|m| m.topic == first.topic && check_size(&m.envelope).is_ok())
+            .then_some(route)
+    }
+
+    /// Hands messages that share a route to every group in it: cloned for all but the
+    /// last group.
+    fn deliver(&self, route: &[Arc<Group>], messages: Vec<Message>) {
+        let Some((last, rest)) = route.split_last() else {
+            return;
+        };
+        for group in rest {
+            group.push_new(messages.clone());
+        }
+        last.push_new(messages);
+    }
+
+    /// [`Inner::deliver`] for one message, without a `Vec`.
+    fn deliver_one(&self, route: &[Arc<Group>], message: Message) {
+        let Some((last, rest)) = route.split_last() else {
+            return;
+        };
+        for group in rest {
+            group.push_one(message.clone());
+        }
+        last.push_one(message);
+    }
+}
+
+impl Group {
+    fn member_index(&self, key: &str, members: usize) -> usize {
+        if members == 1 {
+            return 0;
+        }
+        (self.key_hasher.hash_one(key) % members as u64) as usize
+    }
+
+    /// Routes new messages to the members by key (or to the backlog), taking each lock
+    /// once for the whole run.
+    fn push_new(&self, messages: Vec<Message>) {
+        let mut state = self.state.lock();
+        if state.removed {
+            return;
+        }
+        match state.members.len() {
+            // Only durable groups outlive their last member.
+            0 => state.backlog.extend(Batch::new_messages(messages)),
+            1 => state.members[0].push_batch(Batch::new_messages(messages)),
+            n => {
+                let mut split: Vec<Vec<Message>> = (0..n).map(|_| Vec::new()).collect();
+                for m in messages {
+                    split[self.member_index(m.key(), n)].push(m);
+                }
+                for (member, part) in state.members.iter().zip(split) {
+                    if !part.is_empty() {
+                        member.push_batch(Batch::new_messages(part));
+                    }
+                }
+            }
+        }
+    }
+
+    fn push_one(&self, message: Message) {
+        let mut state = self.state.lock();
+        let pending = Pending {
+            message,
+            attempt: 1,
+        };
+        self.push_locked(&mut state, pending, None);
+    }
+
+    /// Routes one message back into the group (a redelivery, or a dropped member's
+    /// messages), due at once or at `due`.
+    fn push_locked(&self, state: &mut GroupState, pending: Pending, due: Option<Instant>) {
+        if state.removed {
+            return;
+        }
+        if state.members.is_empty() {
+            state.backlog.push_back(pending);
+            return;
+        }
+        let i = self.member_index(pending.message.key(), state.members.len());
+        state.members[i].push(pending, due);
+    }
+}
+
+impl Member {
+    fn push_batch(&self, batch: Batch) {
+        let waker = {
+            let mut q = self.queue.lock();
+            q.ready.push_back(batch);
+            self.pushes.fetch_add(1, Ordering::Release);
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn push(&self, pending: Pending, due: Option<Instant>) {
+        let waker = {
+            let mut q = self.queue.lock();
+            match due {
+                Some(due) => q.delayed.push(Delayed { due, pending }),
+                None => q.ready.push_back(Batch::one(pending)),
+            }
+            self.pushes.fetch_add(1, Ordering::Release);
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self.queue.lock().waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Frees one delivery's slot and wakes a consumer waiting for one.
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // A plain load first: the swap (a locked instruction) only when someone waits.
+        if self.awaiting_credit.load(Ordering::SeqCst)
+            && self.awaiting_credit.swap(false, Ordering::SeqCst)
+        {
+            self.wake();
+        }
+    }
+
+    /// Settles delivery `seq`: frees its slot and returns the tracked copy. With tracking,
+    /// whoever removes the copy frees the slot, so a delivery whose ack wait expired (and
+    /// was redelivered) is not counted twice.
+    fn settle(&self, seq: u64) -> Option<Unacked> {
+        if !self.track_unacked {
+            self.release();
+            return None;
+        }
+        let copy = self.queue.lock().unacked.remove(&seq);
+        if copy.is_some() {
+            self.release();
+        }
+        copy
+    }
+
+    /// Redelivers `pending`, after `delay` if given: to this member while it is
+    /// subscribed, otherwise back to the group.
+    fn requeue(&self, pending: Pending, delay: Option<Duration>) {
+        let due = delay.map(|d| Instant::now() + d);
+        let mut q = self.queue.lock();
+        if !q.closed {
+            // Under the lock: a subscription being dropped drains the queue after this.
+            match due {
+                Some(due) => q.delayed.push(Delayed { due, pending }),
+                None => q.ready.push_back(Batch::one(pending)),
+            }
+            self.pushes.fetch_add(1, Ordering::Release);
+            let waker = q.waker.take();
+            drop(q);
+            if let Some(w) = waker {
+                w.wake();
+            }
+            return;
+        }
+        drop(q);
+        let mut state = self.group.state.lock();
+        self.group.push_locked(&mut state, pending, due);
+    }
+}
+
+/// Settles one delivery of the memory bus.
+struct MemoryAck {
+    member: Arc<Member>,
+    seq: u64,
+    attempt: u32,
+    settled: bool,
+}
+
+#[async_trait]
+impl AckHandle for MemoryAck {
+    async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
+        self.settled = true;
+        // The copy is dropped outside the queue's lock.
+        drop(self.member.settle(self.seq));
+        Ok(())
+    }
+
+    async fn nack(mut self: Box<Self>, delay: Duration) -> Result<(), BusError> {
+        self.settled = true;
+        match self.member.settle(self.seq) {
+            Some(u) => {
+                self.redeliver(u.message, Some(delay));
+                Ok(())
+            }
+            None if self.member.track_unacked => Ok(()), // already redelivered
+            None => Err(BusError::Internal(
+                "the memory bus keeps no copy of this delivery; nack it through Delivery::nack"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn nack_with(
+        mut self: Box<Self>,
+        message: Message,
+        delay: Duration,
+    ) -> Result<(), BusError> {
+        self.settled = true;
+        let copy = self.member.settle(self.seq);
+        // With tracking, no copy means the ack wait expired and the message was already
+        // redelivered; requeueing it again would duplicate it.
+        if copy.is_some() || !self.member.track_unacked {
+            drop(copy);
+            self.redeliver(message, Some(delay));
+        }
+        Ok(())
+    }
+}
+
+impl MemoryAck {
+    fn redeliver(&self, message: Message, delay: Option<Duration>) {
+        let pending = Pending {
+            message,
+            attempt: self.attempt + 1,
+        };
+        self.member.requeue(pending, delay);
+    }
+}
+
+impl Drop for MemoryAck {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Abandoned: neither acked nor nacked. Redeliver now rather than after the ack
+        // wait: in-process, a dropped delivery is certainly not being worked on.
+        match self.member.settle(self.seq) {
+            Some(u) => self.redeliver(u.message, None),
+            None if !self.member.track_unacked => {
+                warn!(
+                    "memory bus delivery dropped without ack or nack; it is lost because \
+                     track_unacked is off"
+                );
+            }
+            // Already redelivered after its ack wait.
+            None => {}
+        }
+    }
+}
+
+struct MemorySubscription {
+    inner: Arc<Inner>,
+    member: Arc<Member>,
+    /// Taken from the shared queue in one swap, delivered one by one.
+    local: VecDeque<Batch>,
+    max_in_flight: usize,
+    next_seq: u64,
+    timer: Option<Pin<Box<Sleep>>>,
+    spin: Duration,
+    /// `Member::pushes` when this subscription last looked at the queue.
+    seen_pushes: u64,
+}
+
+impl MemorySubscription {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Delivery, BusError>> {
+        loop {
+            if self.inner.closed.load(Ordering::Relaxed) {
+                return Poll::Ready(Err(BusError::Closed));
+            }
+            if self.member.in_flight.load(Ordering::SeqCst) >= self.max_in_flight {
+                // Park until an ack (or an expired ack wait) frees a slot. Announce it, then
+                // check again: an ack may have landed in between.
+                let deadline = {
+                    let mut q = self.member.queue.lock();
+                    self.reap_expired(&mut q, Instant::now());
+                    q.waker = Some(cx.waker().clone());
+                    q.unacked.values().map(|u| u.deadline).min()
+                };
+                self.member.awaiting_credit.store(true, Ordering::SeqCst);
+                if self.member.in_flight.load(Ordering::SeqCst) >= self.max_in_flight {
+                    return self.park_on_timer(cx, deadline);
+                }
+                continue;
+            }
+            if let Some(p) = self.pop_local() {
+                return Poll::Ready(Ok(self.deliver(p)));
+            }
+            self.spin_for_pushes();
+            let deadline = {
+                let mut q = self.member.queue.lock();
+                if q.closed {
+                    return Poll::Ready(Err(BusError::Closed));
+                }
+                let now = Instant::now();
+                while q.delayed.peek().is_some_and(|d| d.due <= now) {
+                    if let Some(d) = q.delayed.pop() {
+                        q.ready.push_back(Batch::one(d.pending));
+                    }
+                }
+                self.reap_expired(&mut q, now);
+                self.seen_pushes = self.member.pushes.load(Ordering::Acquire);
+                if !q.ready.is_empty() {
+                    // One swap takes the whole batch; `local` is empty here.
+                    std::mem::swap(&mut self.local, &mut q.ready);
+                    continue;
+                }
+                q.waker = Some(cx.waker().clone());
+                let next_delayed = q.delayed.peek().map(|d| d.due);
+                let next_expiry = q.unacked.values().map(|u| u.deadline).min();
+                match (next_delayed, next_expiry) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            return self.park_on_timer(cx, deadline);
+        }
+    }
+
+    fn pop_local(&mut self) -> Option<Pending> {
+        loop {
+            let batch = self.local.front_mut()?;
+            if let Some(p) = batch.pop() {
+                return Some(p);
+            }
+            self.local.pop_front();
+        }
+    }
+
+    /// Waits up to the configured spin for a push after the last one this subscription saw.
+    fn spin_for_pushes(&self) {
+        let pushed = || self.member.pushes.load(Ordering::Acquire) != self.seen_pushes;
+        if self.spin.is_zero() || pushed() {
+            return;
+        }
+        let until = std::time::Instant::now() + self.spin;
+        loop {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+                if pushed() {
+                    return;
+                }
+            }
+            if std::time::Instant::now() >= until {
+                return;
+            }
+        }
+    }
+
+    /// Moves tracked deliveries whose ack wait has passed back to the ready queue, freeing
+    /// their slots; a late ack of one finds no copy and changes nothing.
+    fn reap_expired(&self, q: &mut MemberQueue, now: Instant) {
+        if q.unacked.is_empty() {
+            return;
+        }
+        let mut expired: Vec<u64> = q
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.deadline <= now)
+            .map(|(&seq, _)| seq)
+            .collect();
+        expired.sort_unstable();
+        for seq in expired {
+            if let Some(u) = q.unacked.remove(&seq) {
+                self.member.in_flight.fetch_sub(1, Ordering::SeqCst);
+                debug!(topic = %u.message.topic, attempt = u.attempt, "ack wait expired; redelivering");
+                q.ready.push_back(Batch::one(Pending {
+                    message: u.message,
+                    attempt: u.attempt + 1,
+                }));
+            }
+        }
+    }
+
+    /// Returns `Pending`, arming the timer for `deadline` (a nack's due time or an ack
+    /// wait's expiry); wakes at once if the deadline already passed.
+    fn park_on_timer(
+        &mut self,
+        cx: &mut Context<'_>,
+        deadline: Option<Instant>,
+    ) -> Poll<Result<Delivery, BusError>> {
+        let Some(deadline) = deadline else {
+            return Poll::Pending;
+        };
+        let timer = match &mut self.timer {
+            Some(t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
+    fn deliver(&mut self, p: Pending) -> Delivery {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.member.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.member.track_unacked {
+            let copy = Unacked {
+                message: p.message.clone(),
+                attempt: p.attempt,
+                deadline: Instant::now() + self.member.ack_wait,
+            };
+            self.member.queue.lock().unacked.insert(seq, copy);
+        }
+        let ack = MemoryAck {
+            member: self.member.clone(),
+            seq,
+            attempt: p.attempt,
+            settled: false,
+        };
+        Delivery::new(p.message, p.attempt, None, Box::new(ack))
+    }
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        // Cancel-safe: a message leaves `local` only in the poll that returns it.
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
+impl Drop for MemorySubscription {
+    /// Gives everything this member holds back to its group, in order, before any newer
+    /// message can reach another member; removes an ephemeral group left empty.
+    fn drop(&mut self) {
+        let group = self.member.group.clone();
+        let mut registry = self.inner.registry.write();
+        let mut state = group.state.lock();
+        state.members.retain(|m| m.id != self.member.id);
+        let (ready, delayed, unacked) = {
+            let mut q = self.member.queue.lock();
+            q.closed = true;
+            q.waker = None;
+            (
+                std::mem::take(&mut q.ready),
+                std::mem::take(&mut q.delayed),
+                std::mem::take(&mut q.unacked),
+            )
+        };
+        for p in self.local.drain(..).chain(ready).flatten() {
+            group.push_locked(&mut state, p, None);
+        }
+        for d in delayed.into_vec() {
+            group.push_locked(&mut state, d.pending, Some(d.due));
+        }
+        let mut unacked: Vec<(u64, Unacked)> = unacked.into_iter().collect();
+        unacked.sort_by_key(|(seq, _)| *seq);
+        for (_, u) in unacked {
+            let pending = Pending {
+                message: u.message,
+                attempt: u.attempt + 1,
+            };
+            group.push_locked(&mut state, pending, None);
+        }
+        if state.members.is_empty() && !group.durable {
+            state.removed = true;
+            drop(state);
+            registry.groups.retain(|_, g| !Arc::ptr_eq(g, &group));
+            self.inner.routes.write().clear();
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: false,
+            replay: false,
+            native_wildcards: true,
+            native_dlq: false,
+            ordered_per_key: true,
+        }
+    }
+
+    async fn publish(&self, message: Message) -> Result<(), BusError> {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let route = inner.route(&message.topic)?;
+        check_size(&message.envelope)?;
+        inner.deliver_one(&route, message);
+        Ok(())
+    }
+
+    async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<(), BusError>> {
+        let inner = &*self.inner;
+        // The usual batch (an outbox drain, a burst of one event type) is all valid and on
+        // one topic: it is queued as it is, without moving a message.
+        if let Some(route) = inner.uniform_route(&messages) {
+            let n = messages.len();
+            inner.deliver(&route, messages);
+            return (0..n).map(|_| Ok(())).collect();
+        }
+        let mut out = Vec::with_capacity(messages.len());
+        // Consecutive messages usually share a topic: they form a run that is routed with
+        // one cache lookup and handed over with one lock per member.
+        let mut run: Vec<Message> = Vec::new();
+        let mut run_route: Option<Route> = None;
+        for message in messages {
+            let same_topic = run.last().is_some_and(|m| m.topic == message.topic);
+            let checked = inner.check_open().and_then(|()| {
+                let route = match &run_route {
+                    Some(_) if same_topic => None,
+                    _ => Some(inner.route(&message.topic)?),
+                };
+                check_size(&message.envelope)?;
+                Ok(route)
+            });
+            match checked {
+                Ok(None) => run.push(message),
+                Ok(Some(route)) => {
+                    if let Some(previous) = run_route.replace(route) {
+                        inner.deliver(&previous, std::mem::take(&mut run));
+                    }
+                    run.push(message);
+                }
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            }
+            out.push(Ok(()));
+        }
+        if let Some(route) = run_route {
+            inner.deliver(&route, run);
+        }
+        out
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &TopicPattern,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        if !valid_segment(&options.consumer) {
+            return Err(BusError::InvalidTopic(format!(
+                "consumer name {:?} must be 1 or more of a-z, 0-9, '_' and '-'",
+                options.consumer
+            )));
+        }
+        match options.start {
+            StartAt::New | StartAt::Earliest => {}
+            StartAt::Position(_) | StartAt::Time(_) => {
+                return Err(BusError::Unsupported {
+                    backend: NAME,
+                    what: "replay from a position or a time",
+                });
+            }
+        }
+        let member = {
+            let mut registry = inner.registry.write();
+            let key = (options.consumer.clone(), pattern.as_str().to_owned());
+            let mut created = false;
+            let group = registry
+                .groups
+                .entry(key)
+                .or_insert_with(|| {
+                    created = true;
+                    Arc::new(Group {
+                        pattern: pattern.clone(),
+                        durable: options.durable,
+                        key_hasher: RandomState::new(),
+                        state: Mutex::new(GroupState::default()),
+                    })
+                })
+                .clone();
+            let member = Arc::new(Member {
+                id: inner.next_member.fetch_add(1, Ordering::Relaxed),
+                group: group.clone(),
+                queue: Mutex::new(MemberQueue::default()),
+                in_flight: AtomicUsize::new(0),
+                awaiting_credit: AtomicBool::new(false),
+                pushes: AtomicU64::new(0),
+                track_unacked: inner.config.track_unacked,
+                ack_wait: options.ack_wait,
+            });
+            let mut state = group.state.lock();
+            state.members.push(member.clone());
+            // A durable group's backlog goes to its first member back.
+            let backlog = std::mem::take(&mut state.backlog);
+            for p in backlog {
+                group.push_locked(&mut state, p, None);
+            }
+            drop(state);
+            if created {
+                // A new group changes which groups a topic reaches.
+                inner.routes.write().clear();
+            }
+            member
+        };
+        Ok(Box::new(MemorySubscription {
+            inner: inner.clone(),
+            member,
+            local: VecDeque::new(),
+            max_in_flight: options.max_in_flight.max(1),
+            next_seq: 0,
+            timer: None,
+            spin: inner.config.spin,
+            seen_pushes: 0,
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.inner.check_open()
+    }
+}
+
+/// Refuses an envelope whose JSON would exceed [`MAX_PAYLOAD_BYTES`]. The cheap bound
+/// settles almost every message; only a large one is measured exactly, by serializing it
+/// into a byte counter.
+fn check_size(envelope: &Envelope) -> Result<(), BusError> {
+    if json_len_bound(envelope) <= MAX_PAYLOAD_BYTES {
+        return Ok(());
+    }
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, envelope).map_err(|e| BusError::Internal(e.to_string()))?;
+    if counter.0 > MAX_PAYLOAD_BYTES {
+        return Err(BusError::PayloadTooLarge {
+            size: counter.0,
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
+    Ok(())
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Write for ByteCounter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
+/// An upper bound of the length of `serde_json::to_vec(envelope)`, without serializing.
+///
+/// Why it is a bound: serde_json writes a string's bytes unchanged except for escapes, and
+/// the longest escape (`\u00XX`, for control characters) is 6 bytes for 1 input byte, so a
+/// string takes at most `2 + 6 * len` bytes. Ids are 36-character UUIDs, a timestamp in
+/// RFC 3339 is under 40 characters, numbers are measured exactly through their `Display`
+/// (the same digits serde_json writes), and the fixed field names and punctuation fit in
+/// [`ENVELOPE_OVERHEAD`]. The unit tests check the bound against real serialization.
+fn json_len_bound(e: &Envelope) -> usize {
+    const UUID: usize = 38;
+    const TIME: usize = 48;
+    ENVELOPE_OVERHEAD
+        + str_bound(&e.specversion)
+        + UUID
+        + str_bound(&e.source)
+        + str_bound(&e.ty)
+        + TIME
+        + str_bound(&e.subject)
+        + str_bound(&e.datacontenttype)
+        + UUID
+        + e.traceparent.as_deref().map_or(0, str_bound)
+        + str_bound(&e.schemaversion)
+        + value_bound(&e.data)
+}
+
+/// Field names, quotes, colons, commas and braces of an envelope, with room to spare.
+const ENVELOPE_OVERHEAD: usize = 256;
+
+fn digits(u: u64) -> usize {
+    u.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+fn str_bound(s: &str) -> usize {
+    2 + 6 * s.len()
+}
+
+fn value_bound(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null => 4,
+        Value::Bool(_) => 5,
+        // Integers (the common case) by their digits; anything else through `Display`.
+        Value::Number(n) if n.is_u64() => n.as_u64().map_or(20, digits),
+        Value::Number(n) if n.is_i64() => n.as_i64().map_or(20, |i| 1 + digits(i.unsigned_abs())),
+        Value::Number(n) => {
+            use std::fmt::Write as _;
+            let mut c = ByteCounter(0);
+            // Writing to a counter cannot fail; the fallback bound is never used.
+            match write!(c, "{n}") {
+                Ok(()) => c.0,
+                Err(_) => 64,
+            }
+        }
+        Value::String(s) => str_bound(s),
+        Value::Array(items) => 2 + items.iter().map(|i| value_bound(i) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| str_bound(k) + 1 + value_bound(v) + 1)
+                .sum::<usize>()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_core::TenantId;
+    use serde_json::json;
+
+    fn envelope(data: serde_json::Value) -> Envelope {
+        let mut e = Envelope::new(
+            "/meridian/d/oms",
+            "meridian.oms.order.created",
+            TenantId::new(),
+            "order-\"1\"\n",
+            meridian_core::now(),
+            data,
+        );
+        e.traceparent = Some("00-abc-def-01".into());
+        e
+    }
+
+    #[test]
+    fn the_size_bound_is_never_below_the_real_size() {
+        let cases = [
+            json!(null),
+            json!({}),
+            json!({"n": u64::MAX, "m": i64::MIN, "f": -2.2250738585072014e-308_f64, "z": 0, "t": 10, "neg": -1}),
+            json!({"s": "\u{1}\u{2}\"\\\n\t", "é": "ü😀", "nested": [[[]], {"a": [1, 2.5, true, null]}]}),
+            json!(["\u{1f}".repeat(1000)]),
+        ];
+        for data in cases {
+            let e = envelope(data);
+            let real = serde_json::to_vec(&e).unwrap().len();
+            let bound = json_len_bound(&e);
+            assert!(bound >= real, "bound {bound} < real {real} for {e:?}");
+        }
+    }
+
+    #[test]
+    fn only_oversized_envelopes_are_refused() {
+        assert!(check_size(&envelope(json!({"a": "x".repeat(1000)}))).is_ok());
+        // Over the bound but under the limit: measured exactly, accepted.
+        let near = envelope(json!({"a": "x".repeat(MAX_PAYLOAD_BYTES - 1000)}));
+        assert!(json_len_bound(&near) > MAX_PAYLOAD_BYTES);
+        assert!(check_size(&near).is_ok());
+        let over = envelope(json!({"a": "x".repeat(MAX_PAYLOAD_BYTES)}));
+        match check_size(&over) {
+            Err(BusError::PayloadTooLarge { size, limit }) => {
+                assert_eq!(size, serde_json::to_vec(&over).unwrap().len());
+                assert_eq!(limit, MAX_PAYLOAD_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The consumer loop on the memory bus: success, panics, an unavailable backend, closing
+//! and shutdown.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meridian_bus::consumer::{self, DeadLetter, DeadLetterSink, Handler, HandlerError, NoopSink};
+use meridian_bus::{
+    Bus, BusError, Capabilities, Delivery, MemoryBus, Message, RetryPolicy, SubscribeOptions,
+    Subscription, TopicPattern,
+};
+use meridian_core::{Envelope, TenantId, Topic};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn message(topic: &Topic, n: u64) -> Message {
+    Message::new(
+        topic.clone(),
+        Envelope::new(
+            "/meridian/test/consumer",
+            "meridian.test.ping",
+            TenantId::new(),
+            "k",
+            meridian_core::now(),
+            json!({ "n": n }),
+        ),
+    )
+}
+
+fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    }
+}
+
+/// Counts calls, panics on the ones it is told to, and signals every call.
+struct Scripted {
+    calls: AtomicU32,
+    panic: bool,
+    called: Notify,
+}
+
+#[async_trait]
+impl Handler for Scripted {
+    async fn handle(&self, _message: &Message) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.called.notify_one();
+        if self.panic {
+            panic!("handler exploded");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Recorded(Mutex<Vec<DeadLetter>>);
+
+#[async_trait]
+impl DeadLetterSink for Recorded {
+    async fn record(&self, dl: &DeadLetter) -> Result<(), BusError> {
+        self.0.lock().unwrap().push(dl.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_retried_then_dead_lettered() {
+    let bus = Arc::new(MemoryBus::new());
+    let t = Topic::platform("d", "test", "panic.created");
+    let mut dlq = bus
+        .subscribe(
+            &TopicPattern::exact(&t.dead_letter()),
+            SubscribeOptions::ephemeral("watch"),
+        )
+        .await
+        .unwrap();
+    let handler = Arc::new(Scripted {
+        calls: AtomicU32::new(0),
+        panic: true,
+        called: Notify::new(),
+    });
+    let sink = Arc::new(Recorded::default());
+    let (stop, shutdown) = watch::channel(false);
+    // Subscribing before the loop starts would race it; the durable group keeps the message
+    // for the loop's subscription whenever it arrives.
+    let options = SubscribeOptions::durable("exploder");
+    drop(
+        bus.subscribe(&TopicPattern::exact(&t), options.clone())
+            .await
+            .unwrap(),
+    );
+    bus.publish(message(&t, 1)).await.unwrap();
+    let task = tokio::spawn(consumer::run(
+        bus.clone(),
+        TopicPattern::exact(&t),
+        options,
+        handler.clone(),
+        fast_policy(),
+        sink.clone(),
+        shutdown,
+    ));
+    let d = timeout(WAIT, dlq.next()).await.unwrap().unwrap();
+    assert_eq!(d.message.envelope.data["attempts"], 3);
+    assert_eq!(
+        d.message.envelope.data["reason"],
+        "handler panicked: handler exploded"
+    );
+    stop.send(true).unwrap();
+    timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(sink.0.lock().unwrap().len(), 1);
+}
+
+/// A bus whose subscribe and `next` fail with `Unavailable` a few times first.
+struct Flaky {
+    inner: MemoryBus,
+    subscribe_failures: AtomicU32,
+    next_failures: u32,
+}
+
+struct FlakySubscription {
+    inner: Box<dyn Subscription>,
+    failures: u32,
+}
+
+#[async_trait]
+impl Subscription for FlakySubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        if self.failures > 0 {
+            self.failures -= 1;
+            return Err(BusError::Unavailable("broker restarting".into()));
+        }
+        self.inner.next().await
+    }
+}
+
+#[async_trait]
+impl Bus for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, message: Message) -> Result<(), BusError> {
+        self.inner.publish(message).await
+    }
+    async fn subscribe(
+        &self,
+        pattern: &TopicPattern,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let left = self.subscribe_failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.subscribe_failures.store(left - 1, Ordering::SeqCst);
+            return Err(BusError::Unavailable("no broker yet".into()));
+        }
+        Ok(Box::new(FlakySubscription {
+            inner: self.inner.subscribe(pattern, options).await?,
+            failures: self.next_failures,
+        }))
+    }
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_backend_is_waited_out_and_closing_ends_the_loop() {
+    let memory = MemoryBus::new();
+    let t = Topic::platform("d", "test", "flaky.created");
+    let options = SubscribeOptions::durable("patient");
+    drop(
+        memory
+            .subscribe(&TopicPattern::exact(&t), options.clone())
+            .await
+            .unwrap(),
+    );
+    memory.publish(message(&t, 1)).await.unwrap();
+    let bus = Arc::new(Flaky {
+        inner: memory.clone(),
+        subscribe_failures: AtomicU32::new(2),
+        next_failures: 2,
+    });
+    let handler = Arc::new(Scripted {
+        calls: AtomicU32::new(0),
+        panic: false,
+        called: Notify::new(),
+    });
+    let (_stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(consumer::run(
+        bus,
+        TopicPattern::exact(&t),
+        options,
+        handler.clone(),
+        fast_policy(),
+        Arc::new(NoopSink),
+        shutdown,
+    ));
+    timeout(WAIT, handler.called.notified())
+        .await
+        .expect("the loop gave up on an unavailable backend");
+    memory.close();
+    let ended = timeout(WAIT, task).await.unwrap().unwrap();
+    assert!(matches!(ended, Err(BusError::Closed)), "{ended:?}");
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn shutdown_stops_an_idle_loop() {
+    let bus = Arc::new(MemoryBus::new());
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(consumer::run(
+        bus,
+        TopicPattern::parse("deployment.d.platform.**").unwrap(),
+        SubscribeOptions::ephemeral("idle"),
+        Arc::new(Scripted {
+            calls: AtomicU32::new(0),
+            panic: false,
+            called: Notify::new(),
+        }),
+        RetryPolicy::default(),
+        Arc::new(NoopSink),
+        shutdown,
+    ));
+    stop.send(true).unwrap();
+    timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+}
