@@ -274,6 +274,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases reads best inline
     fn movements_keep_reserved_within_on_hand() {
         let cases: &[(Movement, (i64, i64), Result<(i64, i64), ()>)] = &[
             (Movement::reserve(3), (10, 5), Ok((10, 8))),

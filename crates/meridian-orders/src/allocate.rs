@@ -112,6 +112,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases reads best inline
     fn strategies_table() {
         // Listed out of priority order on purpose.
         let stock = vec![

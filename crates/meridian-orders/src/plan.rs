@@ -156,15 +156,14 @@ fn plan_one(
     deltas: &mut BTreeMap<CellKey, (i64, i64)>,
 ) -> Result<PlaceOutcome, PlaceError> {
     let tenant = cmd.tenant_id;
-    if let Some(key) = &cmd.idempotency_key {
-        if let Some(rec) = snapshot.idempotency.get(&(tenant, key.clone())) {
+    if let Some(key) = &cmd.idempotency_key
+        && let Some(rec) = snapshot.idempotency.get(&(tenant, key.clone())) {
             return if rec.request_hash == cmd.request_hash {
                 Ok(PlaceOutcome::Existing(rec.order_id))
             } else {
                 Err(PlaceError::IdempotencyKeyReused(key.clone()))
             };
         }
-    }
 
     let lines = cmd.request.lines();
     let unknown: Vec<Sku> = lines

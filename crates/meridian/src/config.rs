@@ -84,11 +84,10 @@ impl Config {
                 }
                 Some(_) => {}
             }
-        } else if let Some(u) = &database_url {
-            if !u.starts_with("sqlite:") {
+        } else if let Some(u) = &database_url
+            && !u.starts_with("sqlite:") {
                 bail!("invalid DATABASE_URL: expected sqlite:PATH when STORAGE_BACKEND=sqlite");
             }
-        }
         let database_schema =
             pick("MERIDIAN_DATABASE_SCHEMA", file_config.database_schema).filter(|s| !s.is_empty());
         if let Some(s) = &database_schema {

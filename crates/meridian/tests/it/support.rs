@@ -162,11 +162,10 @@ impl Server {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
-                if r.status().is_success() {
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
+                && r.status().is_success() {
                     return;
                 }
-            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!(
