@@ -60,13 +60,16 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn meridian_store::Store>,
+    /// The message bus, when one is wired: `/readyz` reports whether it answers. Its
+    /// outage does not make the API unready (orders still commit; the outbox waits).
+    pub bus: Option<Arc<dyn meridian_bus::Bus>>,
     pub metrics: PrometheusHandle,
     pub config: ApiConfig,
 }
 
 /// The whole HTTP surface, with its layers, ready to serve.
 pub fn router(state: AppState) -> Router {
-    use resources::{api_keys, inventory, ops, orders, products, warehouses};
+    use resources::{api_keys, dead_letters, inventory, ops, orders, products, warehouses};
 
     let routes = Router::new()
         // Operational endpoints: no authentication.
@@ -100,8 +103,13 @@ pub fn router(state: AppState) -> Router {
         // Orders.
         .route("/v1/orders", post(orders::create).get(orders::list))
         .route("/v1/orders/{id}", get(orders::get))
+        .route("/v1/orders/{id}/events", get(orders::events))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/fulfill", post(orders::fulfill))
+        // Dead letters of the caller's tenant.
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/{id}", get(dead_letters::get))
+        .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
         // API keys of the caller's tenant.
         .route("/v1/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/v1/api-keys/{id}", axum::routing::delete(api_keys::revoke))

@@ -33,6 +33,20 @@ pub fn install_metrics() -> PrometheusHandle {
                     Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.to_owned()),
                     LATENCY_BUCKETS,
                 )
+                .and_then(|b| {
+                    // Bus and relay latencies (publish, end to end, relay lag) as histograms
+                    // too, so they aggregate across instances.
+                    b.set_buckets_for_metric(
+                        Matcher::Prefix("meridian_bus_".to_owned()),
+                        LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Prefix("meridian_relay_".to_owned()),
+                        LATENCY_BUCKETS,
+                    )
+                })
                 .expect("the latency bucket list is a non-empty constant");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

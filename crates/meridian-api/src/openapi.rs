@@ -6,7 +6,7 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::resources::{api_keys, inventory, ops, orders, products, warehouses};
+use crate::resources::{api_keys, dead_letters, inventory, ops, orders, products, warehouses};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,8 +35,12 @@ use crate::resources::{api_keys, inventory, ops, orders, products, warehouses};
         orders::create,
         orders::list,
         orders::get,
+        orders::events,
         orders::cancel,
         orders::fulfill,
+        dead_letters::list,
+        dead_letters::get,
+        dead_letters::replay,
         api_keys::create,
         api_keys::list,
         api_keys::revoke,
@@ -49,6 +53,7 @@ use crate::resources::{api_keys, inventory, ops, orders, products, warehouses};
         (name = "warehouses", description = "Where stock is kept"),
         (name = "inventory", description = "Stock levels and the stock ledger"),
         (name = "orders", description = "Orders and their lifecycle"),
+        (name = "dead-letters", description = "Messages a consumer gave up on; inspect and replay"),
         (name = "api-keys", description = "The tenant's API keys"),
         (name = "operations", description = "Health, readiness, metrics; no authentication"),
     )

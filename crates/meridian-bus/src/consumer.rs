@@ -220,7 +220,12 @@ pub async fn run(
             Err(e) => return Err(e),
         }
     };
+    let labels = [
+        ("pattern", pattern.to_string()),
+        ("consumer", consumer.clone()),
+    ];
     let step = Step {
+        meters: Meters::new(&labels),
         bus: bus.as_ref(),
         handler: handler.as_ref(),
         policy: &policy,
@@ -275,8 +280,7 @@ async fn pause(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-/// What happened to one delivery; the hook point for metrics (delivered, acked, nacked and
-/// dead-lettered counters per pattern).
+/// What happened to one delivery; counted per pattern in [`Meters`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
     Acked,
@@ -286,7 +290,36 @@ enum Outcome {
     Unsettled,
 }
 
+/// The consumer's metrics, labelled by subscription pattern and consumer name (both fixed
+/// by the code that subscribes), never by topic instance or tenant.
+struct Meters {
+    delivered: metrics::Counter,
+    acked: metrics::Counter,
+    nacked: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    unsettled: metrics::Counter,
+    in_flight: metrics::Gauge,
+    end_to_end: metrics::Histogram,
+    handler: metrics::Histogram,
+}
+
+impl Meters {
+    fn new(labels: &[(&'static str, String); 2]) -> Self {
+        Self {
+            delivered: metrics::counter!("meridian_bus_delivered_total", labels),
+            acked: metrics::counter!("meridian_bus_acked_total", labels),
+            nacked: metrics::counter!("meridian_bus_nacked_total", labels),
+            dead_lettered: metrics::counter!("meridian_bus_dead_lettered_total", labels),
+            unsettled: metrics::counter!("meridian_bus_unsettled_total", labels),
+            in_flight: metrics::gauge!("meridian_bus_in_flight", labels),
+            end_to_end: metrics::histogram!("meridian_bus_end_to_end_seconds", labels),
+            handler: metrics::histogram!("meridian_bus_handler_duration_seconds", labels),
+        }
+    }
+}
+
 struct Step<'a> {
+    meters: Meters,
     bus: &'a dyn Bus,
     handler: &'a dyn Handler,
     policy: &'a RetryPolicy,
@@ -303,10 +336,27 @@ impl Step<'_> {
             attempt = delivery.attempt,
             event.id = %delivery.message.envelope.id,
         );
+        let m = &self.meters;
+        m.delivered.increment(1);
+        m.in_flight.increment(1.0);
+        let event_time = delivery.message.envelope.time;
+        let started = std::time::Instant::now();
         let outcome = self.settle(delivery).instrument(span.clone()).await;
-        // Metrics hook: count `outcome` per pattern (delivered, acked, nacked,
-        // dead-lettered) and observe end-to-end latency here; label by pattern, never by
-        // tenant.
+        m.in_flight.decrement(1.0);
+        m.handler.record(started.elapsed().as_secs_f64());
+        match outcome {
+            Outcome::Acked => {
+                m.acked.increment(1);
+                // From the event's time to its successful handling, retries included.
+                let e2e = (meridian_core::now() - event_time)
+                    .to_std()
+                    .unwrap_or_default();
+                m.end_to_end.record(e2e.as_secs_f64());
+            }
+            Outcome::Nacked => m.nacked.increment(1),
+            Outcome::DeadLettered => m.dead_lettered.increment(1),
+            Outcome::Unsettled => m.unsettled.increment(1),
+        }
         span.in_scope(|| debug!(?outcome, "delivery settled"));
     }
 

@@ -12,6 +12,11 @@
 //!   exponential backoff and jitter ([`RetryPolicy`]), and after the last attempt a dead
 //!   letter on `<topic>.dlq` with the reason and the attempt count.
 //!
+//! Telemetry: [`MeteredBus`] wraps any backend and counts publishes (and their latency)
+//! per topic; [`consumer::run`] counts deliveries, acks, nacks, dead letters, messages in
+//! flight, handler time and end-to-end latency per subscription pattern and consumer.
+//! Neither labels by tenant.
+//!
 //! Backends say what they guarantee through [`Capabilities`]; tests and callers branch on
 //! those flags, never on a backend's name. Every backend passes the conformance suite in
 //! `conformance`. The contract, with its MUSTs and SHOULDs, is written out in
@@ -43,6 +48,7 @@ pub mod conformance;
 pub mod consumer;
 mod error;
 mod memory;
+mod metered;
 mod pattern;
 mod port;
 mod retry;
@@ -50,6 +56,7 @@ mod retry;
 pub use consumer::{DeadLetter, DeadLetterSink, Handler, HandlerError, NoopSink};
 pub use error::BusError;
 pub use memory::{MemoryBus, MemoryBusConfig};
+pub use metered::MeteredBus;
 pub use pattern::TopicPattern;
 pub use port::{
     AckHandle, Bus, Capabilities, Delivery, MAX_PAYLOAD_BYTES, Message, StartAt, SubscribeOptions,

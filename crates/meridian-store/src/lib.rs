@@ -44,3 +44,19 @@ pub async fn open(
         StoreConfig::Postgres(c) => Arc::new(postgres::PgStore::open(c, events).await?),
     })
 }
+
+/// The order id an order event is about: its `subject`. Anything else is not an order
+/// event, and retrying will not change that.
+pub(crate) fn order_id_of(
+    event: &meridian_core::Envelope,
+) -> Result<meridian_core::OrderId, StoreError> {
+    event.subject.parse().map_err(|_| {
+        StoreError::Validation(meridian_core::ValidationErrors::single(
+            "subject",
+            format!(
+                "event {} has subject {:?}, which is not an order id",
+                event.id, event.subject
+            ),
+        ))
+    })
+}

@@ -91,6 +91,42 @@ pub struct OutboxRecord {
     pub sent_at: Option<Timestamp>,
 }
 
+/// One event of an order's timeline, as the `order-events` projection recorded it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    /// The event's id (the envelope's `id`).
+    pub event_id: meridian_core::EventId,
+    pub order_id: OrderId,
+    /// The CloudEvents type, such as `meridian.oms.order.created`.
+    pub ty: String,
+    /// When the event happened (the envelope's `time`).
+    pub time: Timestamp,
+    /// The event's data, as published.
+    pub data: serde_json::Value,
+}
+
+/// A message a consumer gave up on after its last attempt (DESIGN.md §5), kept for an
+/// operator to list, inspect and replay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    /// The dead-letter envelope's id (the message published on `<topic>.dlq`).
+    pub id: meridian_core::EventId,
+    pub tenant_id: TenantId,
+    /// Where the original message was published; a replay publishes it there again.
+    pub original_topic: Topic,
+    /// The original message's envelope, as delivered.
+    pub envelope: Envelope,
+    /// The handler's reason for the last failure.
+    pub reason: String,
+    /// Deliveries made before giving up.
+    pub attempts: u32,
+    /// The consumer that gave up.
+    pub consumer: String,
+    pub failed_at: Timestamp,
+    /// When an operator last replayed it, if ever.
+    pub replayed_at: Option<Timestamp>,
+}
+
 /// The store contract. Every method that takes a [`TenantId`] sees only that tenant's rows:
 /// another tenant's SKU, warehouse or order is `NotFound`, exactly as if it did not exist.
 ///
@@ -202,4 +238,44 @@ pub trait Store: Send + Sync + 'static {
     // --- outbox ---
     /// Outbox rows with `seq > after`, oldest first.
     async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRecord>>;
+    /// At most `limit` outbox rows not yet marked sent, oldest (lowest `seq`) first: the
+    /// relay's work queue.
+    async fn outbox_unsent(&self, limit: u32) -> Result<Vec<OutboxRecord>>;
+    /// Marks these outbox rows sent (now). Unknown or already-sent seqs are ignored, so a
+    /// relay that repeats itself after a crash changes nothing.
+    async fn mark_outbox_sent(&self, seqs: &[i64]) -> Result<()>;
+
+    // --- inbox and the order-events projection ---
+    /// Records `event` in the order-events projection for `consumer`, idempotently: in one
+    /// transaction, inserts `(consumer, event.id)` into the inbox and appends the event to
+    /// the projection. Returns `false`, and writes nothing, if the inbox already holds the
+    /// pair (a redelivery).
+    async fn record_order_event(&self, consumer: &str, event: &Envelope) -> Result<bool>;
+    /// The recorded events of one order, oldest first. `NotFound` if the tenant has no such
+    /// order (including another tenant's order).
+    async fn order_events(&self, tenant: TenantId, order: OrderId) -> Result<Vec<OrderEvent>>;
+
+    // --- dead letters ---
+    // `tenant: None` is the operator's view across tenants (the CLI); the API always
+    // passes the caller's tenant, and another tenant's dead letter is `NotFound`.
+    /// Records a dead letter. Idempotent by id: returns `false` if it is already recorded
+    /// (a consumer loop that retries its dead-letter step).
+    async fn record_dead_letter(&self, dead_letter: &DeadLetterRecord) -> Result<bool>;
+    /// Dead letters, newest first.
+    async fn list_dead_letters(
+        &self,
+        tenant: Option<TenantId>,
+        page: PageRequest,
+    ) -> Result<Page<DeadLetterRecord>>;
+    async fn get_dead_letter(
+        &self,
+        tenant: Option<TenantId>,
+        id: meridian_core::EventId,
+    ) -> Result<DeadLetterRecord>;
+    /// Sets `replayed_at` to now and returns the updated record.
+    async fn mark_dead_letter_replayed(
+        &self,
+        tenant: Option<TenantId>,
+        id: meridian_core::EventId,
+    ) -> Result<DeadLetterRecord>;
 }

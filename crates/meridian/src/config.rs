@@ -23,12 +23,38 @@ struct FileConfig {
     body_limit_bytes: Option<usize>,
     pg_pool_size: Option<usize>,
     sqlite_readers: Option<usize>,
+    bus_backend: Option<String>,
+    bus_url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StorageBackend {
     Sqlite,
     Postgres,
+}
+
+/// Which message bus carries the events (`BUS_BACKEND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusBackend {
+    /// In-process, not durable.
+    Memory,
+    /// A durable log in the store's own database (the default).
+    Embedded,
+    /// NATS JetStream at `BUS_URL` (cargo feature `bus-nats`).
+    Nats,
+    /// RabbitMQ at `BUS_URL` (cargo feature `bus-rabbitmq`).
+    Rabbitmq,
+}
+
+impl BusBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusBackend::Memory => "memory",
+            BusBackend::Embedded => "embedded",
+            BusBackend::Nats => "nats",
+            BusBackend::Rabbitmq => "rabbitmq",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +76,9 @@ pub struct Config {
     pub body_limit_bytes: usize,
     pub pg_pool_size: usize,
     pub sqlite_readers: usize,
+    pub bus_backend: BusBackend,
+    /// The broker URL for `nats` and `rabbitmq`.
+    pub bus_url: Option<String>,
 }
 
 impl Config {
@@ -85,9 +114,10 @@ impl Config {
                 Some(_) => {}
             }
         } else if let Some(u) = &database_url
-            && !u.starts_with("sqlite:") {
-                bail!("invalid DATABASE_URL: expected sqlite:PATH when STORAGE_BACKEND=sqlite");
-            }
+            && !u.starts_with("sqlite:")
+        {
+            bail!("invalid DATABASE_URL: expected sqlite:PATH when STORAGE_BACKEND=sqlite");
+        }
         let database_schema =
             pick("MERIDIAN_DATABASE_SCHEMA", file_config.database_schema).filter(|s| !s.is_empty());
         if let Some(s) = &database_schema {
@@ -143,7 +173,54 @@ impl Config {
             4,
             1..=64,
         )?;
+        let bus_backend = match pick("BUS_BACKEND", file_config.bus_backend).as_deref() {
+            None | Some("embedded") => BusBackend::Embedded,
+            Some("memory") => BusBackend::Memory,
+            Some("nats") => BusBackend::Nats,
+            Some("rabbitmq") => BusBackend::Rabbitmq,
+            Some(other) => {
+                bail!("invalid BUS_BACKEND={other:?}: expected embedded, memory, nats or rabbitmq")
+            }
+        };
+        let built = match bus_backend {
+            BusBackend::Nats => cfg!(feature = "bus-nats"),
+            BusBackend::Rabbitmq => cfg!(feature = "bus-rabbitmq"),
+            BusBackend::Memory | BusBackend::Embedded => true,
+        };
+        if !built {
+            let name = bus_backend.as_str();
+            bail!(
+                "BUS_BACKEND={name} needs the `bus-{name}` feature; rebuild with --features bus-{name}"
+            );
+        }
+        let bus_url = pick("BUS_URL", file_config.bus_url).filter(|s| !s.is_empty());
+        match (bus_backend, &bus_url) {
+            (BusBackend::Nats | BusBackend::Rabbitmq, None) => bail!(
+                "BUS_URL is required when BUS_BACKEND={}",
+                bus_backend.as_str()
+            ),
+            (BusBackend::Nats, Some(u))
+                if !["nats://", "tls://", "ws://", "wss://"]
+                    .iter()
+                    .any(|p| u.starts_with(p)) =>
+            {
+                bail!("invalid BUS_URL: expected a nats:// URL when BUS_BACKEND=nats")
+            }
+            (BusBackend::Rabbitmq, Some(u))
+                if !(u.starts_with("amqp://") || u.starts_with("amqps://")) =>
+            {
+                bail!("invalid BUS_URL: expected an amqp:// URL when BUS_BACKEND=rabbitmq")
+            }
+            (BusBackend::Memory | BusBackend::Embedded, Some(_)) => bail!(
+                "BUS_URL is set but BUS_BACKEND={} does not use it; unset BUS_URL or choose \
+                 BUS_BACKEND=nats or rabbitmq",
+                bus_backend.as_str()
+            ),
+            _ => {}
+        }
         Ok(Config {
+            bus_backend,
+            bus_url,
             storage_backend,
             database_url,
             database_schema,
@@ -246,6 +323,29 @@ mod tests {
         assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(c.sqlite_path(), PathBuf::from("data/meridian.db"));
         assert_eq!(c.deployment_id, "local");
+        assert_eq!(c.bus_backend, BusBackend::Embedded);
+        assert_eq!(c.bus_url, None);
+    }
+
+    #[test]
+    fn bus_backends_and_urls() {
+        let c = load(&[
+            ("BUS_BACKEND", "nats"),
+            ("BUS_URL", "nats://127.0.0.1:4222"),
+        ])
+        .unwrap();
+        assert_eq!(c.bus_backend, BusBackend::Nats);
+        assert_eq!(c.bus_url.as_deref(), Some("nats://127.0.0.1:4222"));
+        let c = load(&[
+            ("BUS_BACKEND", "rabbitmq"),
+            ("BUS_URL", "amqp://g:g@h:5672/%2f"),
+        ])
+        .unwrap();
+        assert_eq!(c.bus_backend, BusBackend::Rabbitmq);
+        assert_eq!(
+            load(&[("BUS_BACKEND", "memory")]).unwrap().bus_backend,
+            BusBackend::Memory
+        );
     }
 
     #[test]
@@ -278,6 +378,18 @@ mod tests {
                 vec![("MERIDIAN_DATABASE_SCHEMA", "Robert'); DROP")],
                 "MERIDIAN_DATABASE_SCHEMA",
             ),
+            (vec![("BUS_BACKEND", "kafkaesque")], "BUS_BACKEND"),
+            (vec![("BUS_BACKEND", "nats")], "BUS_URL"),
+            (vec![("BUS_BACKEND", "rabbitmq")], "BUS_URL"),
+            (
+                vec![("BUS_BACKEND", "nats"), ("BUS_URL", "amqp://x")],
+                "BUS_URL",
+            ),
+            (
+                vec![("BUS_BACKEND", "rabbitmq"), ("BUS_URL", "nats://x")],
+                "BUS_URL",
+            ),
+            (vec![("BUS_URL", "nats://x")], "BUS_URL"),
         ];
         for (vars, setting) in cases {
             let err = format!("{:#}", load(&vars).unwrap_err());

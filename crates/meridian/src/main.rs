@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: StockCommand,
     },
+    /// Messages a consumer gave up on: list, inspect and replay (across tenants, or one).
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// Benchmarks against a real server over TCP.
     Bench {
         #[command(subcommand)]
@@ -73,6 +78,26 @@ enum StockCommand {
         #[arg(long)]
         tenant: Option<meridian_core::TenantId>,
     },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// Dead letters, newest first, one JSON object per line.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<meridian_core::TenantId>,
+        /// At most this many (1 to 200).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// The `next_cursor` printed by the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One dead letter, as JSON.
+    Show { id: meridian_core::EventId },
+    /// Publish the original message to its original topic again and mark it replayed.
+    Replay { id: meridian_core::EventId },
 }
 
 fn main() -> ExitCode {
@@ -161,9 +186,65 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::DeadLetters { command } => {
+            init_logging(config.log_format, "warn");
+            dead_letters(&config, command).await?;
+        }
         Command::Bench { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_letters(config: &Config, command: DeadLettersCommand) -> Result<()> {
+    let store = server::open_store(config).await?;
+    match command {
+        DeadLettersCommand::List {
+            tenant,
+            limit,
+            cursor,
+        } => {
+            if !(1..=meridian_store::PageRequest::MAX_LIMIT).contains(&limit) {
+                anyhow::bail!(
+                    "--limit must be between 1 and {}",
+                    meridian_store::PageRequest::MAX_LIMIT
+                );
+            }
+            let page = store
+                .list_dead_letters(tenant, meridian_store::PageRequest { limit, cursor })
+                .await
+                .context("cannot list dead letters")?;
+            for d in &page.items {
+                println!("{}", serde_json::to_string(d)?);
+            }
+            if let Some(next) = page.next_cursor {
+                eprintln!("more: --cursor {next}");
+            }
+        }
+        DeadLettersCommand::Show { id } => {
+            let d = store
+                .get_dead_letter(None, id)
+                .await
+                .with_context(|| format!("cannot show dead letter {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        }
+        DeadLettersCommand::Replay { id } => {
+            if config.bus_backend == config::BusBackend::Memory {
+                anyhow::bail!(
+                    "BUS_BACKEND=memory lives inside the server process; replay through the \
+                     API instead (POST /v1/dead-letters/{id}/replay)"
+                );
+            }
+            let bus = server::open_bus(config).await?;
+            let d = meridian_relay::replay_dead_letter(store.as_ref(), bus.as_ref(), None, id)
+                .await
+                .with_context(|| format!("cannot replay dead letter {id}"))?;
+            println!(
+                "replayed {} to {} (event {})",
+                d.id, d.original_topic, d.envelope.id
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, default: &str) {

@@ -1,14 +1,126 @@
-//! Opening the store and serving the API until a shutdown signal.
+//! Opening the store and the bus, and serving the API until a shutdown signal, with the
+//! outbox relay and the order-events projection running beside it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
 use meridian_api::{ApiConfig, AppState};
+use meridian_bus::Bus;
+use meridian_relay::{Relay, RelayConfig, StoreDeadLetterSink};
 use meridian_store::Store;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{BusBackend, Config, StorageBackend};
+
+/// How long start-up waits to declare the order-events consumer on the bus.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the relay and the consumers to finish their current step.
+const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the configured bus. The embedded bus lives in the store's database (the SQLite
+/// file, or the PostgreSQL URL and schema); NATS and RabbitMQ are reached at `BUS_URL` and
+/// must be reachable now (once connected, their clients reconnect by themselves).
+pub async fn open_bus(config: &Config) -> Result<Arc<dyn Bus>> {
+    let backend = config.bus_backend;
+    let url = config.bus_url.clone().unwrap_or_default();
+    Ok(match backend {
+        BusBackend::Memory => Arc::new(meridian_bus::MemoryBus::new()),
+        BusBackend::Embedded => {
+            use meridian_bus_embedded::{EmbeddedBus, EmbeddedConfig};
+            let embedded = match config.storage_backend {
+                StorageBackend::Sqlite => EmbeddedConfig::Sqlite {
+                    path: config.sqlite_path(),
+                },
+                StorageBackend::Postgres => EmbeddedConfig::Postgres {
+                    url: config.database_url.clone().unwrap_or_default(),
+                    schema: config.database_schema.clone(),
+                    pool_size: EmbeddedConfig::DEFAULT_POOL_SIZE,
+                },
+            };
+            Arc::new(
+                EmbeddedBus::open(embedded)
+                    .await
+                    .context("cannot open the embedded bus (BUS_BACKEND=embedded)")?,
+            )
+        }
+        #[cfg(feature = "bus-nats")]
+        BusBackend::Nats => Arc::new(
+            meridian_bus_nats::NatsBus::connect(&url)
+                .await
+                .context("cannot connect to NATS at BUS_URL (BUS_BACKEND=nats)")?,
+        ),
+        #[cfg(feature = "bus-rabbitmq")]
+        BusBackend::Rabbitmq => Arc::new(
+            meridian_bus_rabbitmq::RabbitBus::connect(meridian_bus_rabbitmq::RabbitConfig::new(
+                url,
+            ))
+            .await
+            .context("cannot connect to RabbitMQ at BUS_URL (BUS_BACKEND=rabbitmq)")?,
+        ),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = url;
+            bail!(
+                "BUS_BACKEND={} needs the `bus-{}` feature; rebuild with --features bus-{}",
+                other.as_str(),
+                other.as_str(),
+                other.as_str()
+            )
+        }
+    })
+}
+
+/// The relay and the consumers that run beside the API.
+struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Background {
+    /// Starts the order-events projection consumer, then the outbox relay.
+    fn start(config: &Config, store: &Arc<dyn Store>, bus: &Arc<dyn Bus>) -> Background {
+        let (stop, shutdown) = watch::channel(false);
+        let projection = {
+            let (bus, store, shutdown) = (bus.clone(), store.clone(), shutdown.clone());
+            let deployment = config.deployment_id.clone();
+            tokio::spawn(async move {
+                // Dead letters go to `<topic>.dlq` and into the store, for the API and CLI.
+                let sink = Arc::new(StoreDeadLetterSink::new(store.clone()));
+                match meridian_relay::run_order_events(bus, store, &deployment, sink, shutdown)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %e, "the order-events consumer stopped"),
+                }
+            })
+        };
+        let relay = Relay::new(store.clone(), bus.clone(), RelayConfig::default());
+        let relay = tokio::spawn(relay.run(shutdown));
+        Background {
+            stop,
+            tasks: vec![
+                ("order-events consumer", projection),
+                ("outbox relay", relay),
+            ],
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for (name, task) in self.tasks {
+            match tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(task = name, error = %e, "background task failed"),
+                Err(_) => tracing::warn!(task = name, "background task did not stop in time"),
+            }
+        }
+    }
+}
 
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     let store_config = config.store_config()?;
@@ -37,8 +149,40 @@ pub async fn serve_with(
     store: Arc<dyn Store>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<()> {
+    // Before anything registers a metric: a handle taken before the recorder exists
+    // records nothing.
+    meridian_api::install_metrics();
+    let bus: Arc<dyn Bus> = Arc::new(meridian_bus::MeteredBus::new(open_bus(&config).await?));
+    tracing::info!(bus = bus.name(), "bus open");
+    // The consumer must exist before the relay publishes, or a broker that keeps messages
+    // only for existing queues (RabbitMQ) drops the first events. A bus that is down now
+    // is retried by the consumer loop; the relay's events wait in the outbox meanwhile.
+    match tokio::time::timeout(
+        DECLARE_TIMEOUT,
+        meridian_relay::declare_order_events(bus.as_ref(), &config.deployment_id),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot declare the order-events consumer yet"),
+        Err(_) => tracing::warn!("declaring the order-events consumer timed out"),
+    }
+    let background = Background::start(&config, &store, &bus);
+    let result = serve_api(config, store, bus, ready).await;
+    background.stop().await;
+    tracing::info!("meridian stopped");
+    result
+}
+
+async fn serve_api(
+    config: Config,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> Result<()> {
     let state = AppState {
         store,
+        bus: Some(bus),
         metrics: meridian_api::install_metrics(),
         config: ApiConfig {
             body_limit_bytes: config.body_limit_bytes,
@@ -62,7 +206,7 @@ pub async fn serve_with(
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;
-    tracing::info!("meridian stopped");
+    tracing::info!("HTTP server stopped");
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! [`Problem`](crate::problem::Problem) on every error.
 
 pub mod api_keys;
+pub mod dead_letters;
 pub mod inventory;
 pub mod ops;
 pub mod orders;

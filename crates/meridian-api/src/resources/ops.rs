@@ -26,7 +26,19 @@ pub struct Readiness {
     pub status: &'static str,
     /// The store backend: `sqlite` or `postgres`.
     pub store: &'static str,
+    /// The bus: `ok`, `unavailable` (orders still commit; their events wait in the
+    /// outbox), or absent when no bus is wired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "ok")]
+    pub bus: Option<&'static str>,
+    /// The bus backend, such as `embedded` or `nats`, when one is wired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "embedded")]
+    pub bus_backend: Option<&'static str>,
 }
+
+/// How long `/readyz` waits for the bus before calling it unavailable.
+const BUS_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Liveness: the process is up and serving.
 #[utoipa::path(
@@ -37,7 +49,8 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store answers. The bus is reported but does not decide readiness: while
+/// it is down orders still commit and the outbox drains when it is back.
 #[utoipa::path(
     get, path = "/readyz", operation_id = "readyz", tag = "operations", security(()),
     responses(
@@ -46,10 +59,28 @@ pub async fn healthz() -> Json<Health> {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Problem> {
-    match state.store.ping().await {
+    let bus = async {
+        let bus = state.bus.as_ref()?;
+        let ping = tokio::time::timeout(BUS_PING_TIMEOUT, bus.ping()).await;
+        Some(match ping {
+            Ok(Ok(())) => "ok",
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, bus = bus.name(), "bus is unavailable");
+                "unavailable"
+            }
+            Err(_) => {
+                tracing::warn!(bus = bus.name(), "bus did not answer the readiness ping");
+                "unavailable"
+            }
+        })
+    };
+    let (store, bus) = tokio::join!(state.store.ping(), bus);
+    match store {
         Ok(()) => Ok(Json(Readiness {
             status: "ready",
             store: state.store.backend(),
+            bus,
+            bus_backend: state.bus.as_ref().map(|b| b.name()),
         })),
         Err(e) => {
             tracing::error!(error = %e, "readiness check failed");

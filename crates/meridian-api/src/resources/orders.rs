@@ -121,6 +121,26 @@ pub struct OrderList {
     pub next_cursor: Option<String>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderEventResponse {
+    /// The event's id (CloudEvents `id`).
+    pub id: Uuid,
+    /// The CloudEvents type, such as `meridian.oms.order.created`.
+    #[serde(rename = "type")]
+    #[schema(example = "meridian.oms.order.created")]
+    pub ty: String,
+    /// When the event happened.
+    pub time: DateTime<Utc>,
+    /// The event's data, as published.
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderEventList {
+    /// Oldest first.
+    pub items: Vec<OrderEventResponse>,
+}
+
 // ---- conversions ------------------------------------------------------------------------
 
 impl From<Customer> for CustomerDto {
@@ -374,6 +394,38 @@ pub async fn get(
     let id = order_id_from_path(&id)?;
     let order = state.store.get_order(ctx.tenant_id, id).await?;
     Ok(Json(order.into()))
+}
+
+/// An order's timeline: the events the `order-events` projection has recorded for it,
+/// oldest first. Events reach it through the outbox relay and the bus, so a just-placed
+/// order's `created` event may take a moment to appear.
+#[utoipa::path(
+    get, path = "/v1/orders/{id}/events", operation_id = "list_order_events", tag = "orders",
+    params(("id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order's events, oldest first", body = OrderEventList),
+        (status = 401, description = "Missing or invalid API key", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub async fn events(
+    ctx: TenantContext,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<OrderEventList>, Problem> {
+    let id = order_id_from_path(&id)?;
+    let events = state.store.order_events(ctx.tenant_id, id).await?;
+    Ok(Json(OrderEventList {
+        items: events
+            .into_iter()
+            .map(|e| OrderEventResponse {
+                id: *e.event_id.as_uuid(),
+                ty: e.ty,
+                time: e.time,
+                data: e.data,
+            })
+            .collect(),
+    }))
 }
 
 /// List orders, newest first.

@@ -94,8 +94,12 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/v1/inventory/{sku}/ledger", &["get"]),
         ("/v1/orders", &["get", "post"]),
         ("/v1/orders/{id}", &["get"]),
+        ("/v1/orders/{id}/events", &["get"]),
         ("/v1/orders/{id}/cancel", &["post"]),
         ("/v1/orders/{id}/fulfill", &["post"]),
+        ("/v1/dead-letters", &["get"]),
+        ("/v1/dead-letters/{id}", &["get"]),
+        ("/v1/dead-letters/{id}/replay", &["post"]),
         ("/v1/api-keys", &["get", "post"]),
         ("/v1/api-keys/{id}", &["delete"]),
         ("/healthz", &["get"]),
@@ -146,4 +150,59 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
     assert!(create_order["409"]["content"]["application/problem+json"].is_object());
     assert!(doc["components"]["schemas"]["ProblemDetails"].is_object());
     assert!(doc["components"]["schemas"]["CreateOrderRequest"].is_object());
+}
+
+/// A bus whose broker is down: every call fails as unavailable.
+struct DownBus;
+
+#[async_trait::async_trait]
+impl meridian_bus::Bus for DownBus {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+    fn capabilities(&self) -> meridian_bus::Capabilities {
+        meridian_bus::MemoryBus::new().capabilities()
+    }
+    async fn publish(&self, _: meridian_bus::Message) -> Result<(), meridian_bus::BusError> {
+        Err(meridian_bus::BusError::Unavailable("down".into()))
+    }
+    async fn subscribe(
+        &self,
+        _: &meridian_bus::TopicPattern,
+        _: meridian_bus::SubscribeOptions,
+    ) -> Result<Box<dyn meridian_bus::Subscription>, meridian_bus::BusError> {
+        Err(meridian_bus::BusError::Unavailable("down".into()))
+    }
+    async fn ping(&self) -> Result<(), meridian_bus::BusError> {
+        Err(meridian_bus::BusError::Unavailable("down".into()))
+    }
+}
+
+#[tokio::test]
+async fn readiness_reports_the_bus_and_a_down_bus_only_degrades() {
+    use meridian_bus::Bus as _;
+    let app = TestApp::with_bus(std::sync::Arc::new(meridian_bus::MemoryBus::new())).await;
+    let r = app.call(Method::GET, "/readyz").no_auth().send().await;
+    r.assert_status(StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"status": "ready", "store": "sqlite", "bus": "ok", "bus_backend": "memory"})
+    );
+    assert!(DownBus.ping().await.is_err());
+
+    let app = TestApp::with_bus(std::sync::Arc::new(DownBus)).await;
+    let r = app.call(Method::GET, "/readyz").no_auth().send().await;
+    r.assert_status(StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"status": "ready", "store": "sqlite", "bus": "unavailable", "bus_backend": "nats"})
+    );
+    // Orders still commit while the bus is down.
+    app.seed().await;
+    app.post(
+        "/v1/orders",
+        json!({"lines": [{"sku": "SKU-1", "quantity": 1}]}),
+    )
+    .await
+    .assert_status(StatusCode::CREATED);
 }

@@ -656,3 +656,75 @@ async fn a_deleted_product_cannot_be_ordered() {
         .problem(StatusCode::NOT_FOUND, "unknown_sku");
     assert_eq!(TestResponse::error_fields(&p), ["lines[0].sku"]);
 }
+
+#[tokio::test]
+async fn an_orders_events_are_its_recorded_timeline_and_tenant_scoped() {
+    let app = TestApp::new().await;
+    app.seed().await;
+    let r = app
+        .post(
+            "/v1/orders",
+            json!({"lines": [{"sku": "SKU-1", "quantity": 1}]}),
+        )
+        .await;
+    r.assert_status(StatusCode::CREATED);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/orders/{id}/events");
+
+    // Nothing has been relayed yet: an empty timeline.
+    let r = app.get(&path).await;
+    r.assert_status(StatusCode::OK);
+    assert_eq!(r.json(), json!({"items": []}));
+
+    app.post(&format!("/v1/orders/{id}/cancel"), json!({}))
+        .await
+        .assert_status(StatusCode::OK);
+    // Stand in for the relay and the projection consumer: hand the outbox events to the
+    // projection as the consumer would (twice, as a redelivery would).
+    let rows = app.store.outbox_after(0, 1000).await.unwrap();
+    for row in rows.iter().filter(|r| r.envelope.subject == id) {
+        for _ in 0..2 {
+            app.store
+                .record_order_event("order-events", &row.envelope)
+                .await
+                .unwrap();
+        }
+    }
+    let r = app.get(&path).await;
+    r.assert_status(StatusCode::OK);
+    let body = r.json();
+    let types: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["meridian.oms.order.created", "meridian.oms.order.canceled"]
+    );
+    assert_eq!(body["items"][0]["data"]["id"], id.as_str());
+
+    // Another tenant's order, an unknown order and a malformed id are all 404.
+    let (_, other) = app.new_tenant("tenant-b").await;
+    app.call(Method::GET, &path)
+        .token(&other)
+        .send()
+        .await
+        .problem(StatusCode::NOT_FOUND, "not_found");
+    app.get(&format!("/v1/orders/{}/events", uuid_like()))
+        .await
+        .problem(StatusCode::NOT_FOUND, "not_found");
+    app.get("/v1/orders/nope/events")
+        .await
+        .problem(StatusCode::NOT_FOUND, "not_found");
+    app.call(Method::GET, &path)
+        .no_auth()
+        .send()
+        .await
+        .problem(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+fn uuid_like() -> String {
+    "0190a0b0-0000-7000-8000-000000000000".into()
+}

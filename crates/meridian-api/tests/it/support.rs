@@ -30,6 +30,15 @@ impl TestApp {
     }
 
     pub async fn with_config(config: ApiConfig) -> Self {
+        Self::build(config, None).await
+    }
+
+    /// The app with a bus wired into its state (for `/readyz`).
+    pub async fn with_bus(bus: Arc<dyn meridian_bus::Bus>) -> Self {
+        Self::build(ApiConfig::default(), Some(bus)).await
+    }
+
+    async fn build(config: ApiConfig, bus: Option<Arc<dyn meridian_bus::Bus>>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = meridian_store::open(
             StoreConfig::Sqlite(SqliteConfig {
@@ -42,6 +51,7 @@ impl TestApp {
         .expect("open the SQLite store");
         let state = AppState {
             store: store.clone(),
+            bus,
             metrics: install_metrics(),
             config,
         };

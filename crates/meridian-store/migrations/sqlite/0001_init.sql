@@ -75,8 +75,8 @@ CREATE TABLE orders (
     id               TEXT PRIMARY KEY,
     tenant_id        TEXT NOT NULL REFERENCES tenants (id),
     status           TEXT NOT NULL
-                     CHECK (status IN ('pending', 'confirmed', 'fulfilled', 'canceled')),
-    allocation       TEXT NOT NULL CHECK (allocation IN ('priority', 'most_stock', 'split')),
+                     CHECK (status = 'pending' OR status = 'confirmed' OR status = 'fulfilled' OR status = 'canceled'),
+    allocation       TEXT NOT NULL CHECK (allocation = 'priority' OR allocation = 'most_stock' OR allocation = 'split'),
     -- Vec<OrderLine>, with each line's allocations.
     lines            TEXT NOT NULL CHECK (json_valid(lines)),
     customer         TEXT CHECK (customer IS NULL OR json_valid(customer)),
@@ -98,7 +98,7 @@ CREATE TABLE stock_ledger (
     tenant_id      TEXT NOT NULL,
     warehouse_id   TEXT NOT NULL,
     sku            TEXT NOT NULL,
-    kind           TEXT NOT NULL CHECK (kind IN ('set', 'adjust', 'reserve', 'release', 'commit')),
+    kind           TEXT NOT NULL CHECK (kind = 'set' OR kind = 'adjust' OR kind = 'reserve' OR kind = 'release' OR kind = 'commit'),
     on_hand_delta  INTEGER NOT NULL,
     reserved_delta INTEGER NOT NULL,
     on_hand_after  INTEGER NOT NULL,

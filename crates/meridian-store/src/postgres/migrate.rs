@@ -11,7 +11,13 @@ use super::sql::advisory_key;
 use crate::{Result, StoreError};
 
 /// `(version, SQL)`, in order. Never edit a released migration; add the next one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_relay_inbox_projection_dead_letters.sql"),
+    ),
+];
 
 /// Creates `schema` if given and applies every pending migration to it.
 pub(super) async fn run(pg: &tokio_postgres::Config, schema: Option<&str>) -> Result<()> {

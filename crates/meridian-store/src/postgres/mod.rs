@@ -23,10 +23,12 @@
 //! which needs a separate application role in the deployment.
 
 mod catalog;
+mod dead_letters;
 mod error;
 mod inventory;
 mod migrate;
 mod orders;
+mod relay;
 mod rows;
 mod sql;
 mod tenancy;
@@ -39,15 +41,15 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use meridian_catalog::{NewProduct, Product, ProductPatch};
 use meridian_core::{
-    ApiKeyId, EventSource, OrderId, Sku, TenantId, ValidationErrors, WarehouseCode,
+    ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, ValidationErrors, WarehouseCode,
 };
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
 use tokio_postgres::NoTls;
 
 use crate::{
-    ApiKey, CreatedApiKey, OutboxRecord, Page, PageRequest, Principal, Result, Store, StoreError,
-    Tenant,
+    ApiKey, CreatedApiKey, DeadLetterRecord, OrderEvent, OutboxRecord, Page, PageRequest, Principal, Result, Store,
+    StoreError, Tenant,
 };
 
 /// The transaction-scoped advisory lock every writer holds from its outbox append until it
@@ -356,6 +358,50 @@ impl Store for PgStore {
 
     async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRecord>> {
         orders::outbox_after(self, after, limit).await
+    }
+
+    async fn outbox_unsent(&self, limit: u32) -> Result<Vec<OutboxRecord>> {
+        relay::unsent(self, limit).await
+    }
+
+    async fn mark_outbox_sent(&self, seqs: &[i64]) -> Result<()> {
+        relay::mark_sent(self, seqs).await
+    }
+
+    async fn record_order_event(&self, consumer: &str, event: &Envelope) -> Result<bool> {
+        relay::record_order_event(self, consumer, event).await
+    }
+
+    async fn order_events(&self, tenant: TenantId, order: OrderId) -> Result<Vec<OrderEvent>> {
+        relay::order_events(self, tenant, order).await
+    }
+
+    async fn record_dead_letter(&self, dead_letter: &DeadLetterRecord) -> Result<bool> {
+        dead_letters::record_dead_letter(self, dead_letter).await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        tenant: Option<TenantId>,
+        page: PageRequest,
+    ) -> Result<Page<DeadLetterRecord>> {
+        dead_letters::list(self, tenant, page).await
+    }
+
+    async fn get_dead_letter(
+        &self,
+        tenant: Option<TenantId>,
+        id: EventId,
+    ) -> Result<DeadLetterRecord> {
+        dead_letters::get(self, tenant, id).await
+    }
+
+    async fn mark_dead_letter_replayed(
+        &self,
+        tenant: Option<TenantId>,
+        id: EventId,
+    ) -> Result<DeadLetterRecord> {
+        dead_letters::mark_replayed(self, tenant, id).await
     }
 }
 

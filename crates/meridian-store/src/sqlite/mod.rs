@@ -19,7 +19,9 @@
 mod checkpoint;
 mod commands;
 mod conn;
+mod dead_letters;
 mod error;
+mod outbox;
 mod queries;
 mod readers;
 mod rows;
@@ -30,7 +32,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use meridian_catalog::{NewProduct, Product, ProductPatch};
-use meridian_core::{ApiKeyId, EventSource, OrderId, Sku, TenantId, WarehouseCode};
+use meridian_core::{ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, WarehouseCode};
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
 use rusqlite::Connection;
@@ -43,8 +45,8 @@ use self::error::lost;
 use self::readers::Readers;
 use self::writer::Writer;
 use crate::{
-    ApiKey, CreatedApiKey, OutboxRecord, Page, PageRequest, Principal, Result, Store, StoreError,
-    Tenant,
+    ApiKey, CreatedApiKey, DeadLetterRecord, OrderEvent, OutboxRecord, Page, PageRequest, Principal, Result, Store,
+    StoreError, Tenant,
 };
 
 #[derive(Clone, Debug)]
@@ -335,6 +337,69 @@ impl Store for SqliteStore {
 
     async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRecord>> {
         self.read(move |c| queries::outbox_after(c, after, limit))
+            .await
+    }
+
+    async fn outbox_unsent(&self, limit: u32) -> Result<Vec<OutboxRecord>> {
+        self.read(move |c| outbox::unsent(c, limit)).await
+    }
+
+    async fn mark_outbox_sent(&self, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let seqs = seqs.to_vec();
+        self.writer
+            .write(move |c| outbox::mark_sent(c, &seqs))
+            .await
+    }
+
+    // --- inbox and projections ---
+
+    async fn record_order_event(&self, consumer: &str, event: &Envelope) -> Result<bool> {
+        let (consumer, event) = (consumer.to_owned(), event.clone());
+        self.writer
+            .write(move |c| outbox::record_order_event(c, &consumer, &event))
+            .await
+    }
+
+    async fn order_events(&self, tenant: TenantId, order: OrderId) -> Result<Vec<OrderEvent>> {
+        self.read_consistent(move |c| outbox::order_events(c, tenant, order))
+            .await
+    }
+
+    // --- dead letters ---
+
+    async fn record_dead_letter(&self, dead_letter: &DeadLetterRecord) -> Result<bool> {
+        let dead_letter = dead_letter.clone();
+        self.writer
+            .write(move |c| dead_letters::record_dead_letter(c, &dead_letter))
+            .await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        tenant: Option<TenantId>,
+        page: PageRequest,
+    ) -> Result<Page<DeadLetterRecord>> {
+        self.read(move |c| dead_letters::list(c, tenant, &page)).await
+    }
+
+    async fn get_dead_letter(
+        &self,
+        tenant: Option<TenantId>,
+        id: EventId,
+    ) -> Result<DeadLetterRecord> {
+        self.read(move |c| dead_letters::get(c, tenant, id)).await
+    }
+
+    async fn mark_dead_letter_replayed(
+        &self,
+        tenant: Option<TenantId>,
+        id: EventId,
+    ) -> Result<DeadLetterRecord> {
+        self.writer
+            .write(move |c| dead_letters::mark_replayed(c, tenant, id))
             .await
     }
 }

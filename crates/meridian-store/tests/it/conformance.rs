@@ -21,7 +21,7 @@ use meridian_inventory::{LedgerEntry, MovementKind, NewWarehouse, StockLevel, Wa
 use meridian_orders::{
     AllocationStrategy, Order, OrderAction, OrderLineRequest, OrderRequest, OrderStatus, PlaceOrder,
 };
-use meridian_store::{OutboxRecord, PageRequest, Role, Store, StoreError};
+use meridian_store::{DeadLetterRecord, OutboxRecord, PageRequest, Role, Store, StoreError};
 
 /// A store under test and whatever must live as long as it (a temporary directory, a
 /// database schema to drop).
@@ -54,6 +54,9 @@ macro_rules! conformance_suite {
             the_race_for_the_last_units,
             mixed_concurrent_writes_reconcile,
             tenant_isolation,
+            relay_reads_unsent_rows_in_order_and_marks_them_sent,
+            order_events_projection_dedups_and_is_tenant_scoped,
+            dead_letters_are_recorded_once_listed_and_marked_replayed,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -1705,4 +1708,219 @@ pub async fn tenant_isolation(store: Arc<dyn Store>) {
             .all(|w| w.tenant_id == a)
     );
     assert_eq!(s.reconcile(None).await.unwrap(), vec![]);
+}
+
+// --- relay, inbox and the order-events projection ---
+
+pub async fn relay_reads_unsent_rows_in_order_and_marks_them_sent(store: Arc<dyn Store>) {
+    let s = &*store;
+    assert!(s.outbox_unsent(10).await.unwrap().is_empty());
+    s.mark_outbox_sent(&[]).await.unwrap();
+
+    let t = stocked(s, 10).await;
+    for _ in 0..3 {
+        s.place_order(order_cmd(t, &[("SKU-1", 1)], AllocationStrategy::Priority))
+            .await
+            .unwrap();
+    }
+    let all = outbox_from(s, 0).await;
+    assert_eq!(
+        all.len(),
+        6,
+        "product, warehouse, stock and three orders: {all:#?}"
+    );
+    let unsent = s.outbox_unsent(100).await.unwrap();
+    assert_eq!(unsent, all, "every row starts unsent, in seq order");
+    assert_eq!(s.outbox_unsent(2).await.unwrap(), all[..2].to_vec());
+
+    // Marking is idempotent and ignores unknown seqs.
+    let first: Vec<i64> = all[..4].iter().map(|r| r.seq).collect();
+    s.mark_outbox_sent(&first).await.unwrap();
+    s.mark_outbox_sent(&[first[0], i64::MAX]).await.unwrap();
+    let unsent = s.outbox_unsent(100).await.unwrap();
+    assert_eq!(
+        unsent.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        all[4..].iter().map(|r| r.seq).collect::<Vec<_>>()
+    );
+    let after = outbox_from(s, 0).await;
+    assert!(after[..4].iter().all(|r| r.sent_at.is_some()), "{after:#?}");
+    assert!(after[4..].iter().all(|r| r.sent_at.is_none()), "{after:#?}");
+
+    // A row committed after the marking is unsent, after the older unsent ones.
+    s.place_order(order_cmd(t, &[("SKU-1", 1)], AllocationStrategy::Priority))
+        .await
+        .unwrap();
+    let unsent = s.outbox_unsent(100).await.unwrap();
+    assert_eq!(unsent.len(), 3);
+    assert!(unsent.windows(2).all(|w| w[0].seq < w[1].seq));
+    let rest: Vec<i64> = unsent.iter().map(|r| r.seq).collect();
+    s.mark_outbox_sent(&rest).await.unwrap();
+    assert!(s.outbox_unsent(100).await.unwrap().is_empty());
+}
+
+pub async fn order_events_projection_dedups_and_is_tenant_scoped(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = stocked(s, 10).await;
+    let order = s
+        .place_order(order_cmd(t, &[("SKU-1", 2)], AllocationStrategy::Priority))
+        .await
+        .unwrap();
+    // Placed, but nothing recorded yet: an empty timeline, not NotFound.
+    assert!(s.order_events(t, order.id).await.unwrap().is_empty());
+    s.transition_order(t, order.id, OrderAction::Cancel)
+        .await
+        .unwrap();
+    let events: Vec<OutboxRecord> = outbox_from(s, 0)
+        .await
+        .into_iter()
+        .filter(|r| r.envelope.subject == order.id.to_string())
+        .collect();
+    assert_eq!(events.len(), 2, "{events:#?}");
+
+    let created = &events[0].envelope;
+    let canceled = &events[1].envelope;
+    assert!(s.record_order_event("order-events", created).await.unwrap());
+    assert!(
+        !s.record_order_event("order-events", created).await.unwrap(),
+        "a redelivery"
+    );
+    // Another consumer has its own inbox.
+    assert!(s.record_order_event("other", canceled).await.unwrap());
+    assert!(
+        s.record_order_event("order-events", canceled)
+            .await
+            .unwrap()
+    );
+
+    let timeline = s.order_events(t, order.id).await.unwrap();
+    // Each event once, though two inboxes let the cancel through.
+    let types: Vec<&str> = timeline.iter().map(|e| e.ty.as_str()).collect();
+    assert_eq!(
+        types,
+        ["meridian.oms.order.created", "meridian.oms.order.canceled"],
+        "{timeline:#?}"
+    );
+    assert_eq!(timeline[0].event_id, created.id);
+    assert_eq!(timeline[0].order_id, order.id);
+    assert_eq!(timeline[0].data, created.data);
+    assert_eq!(timeline[0].time, created.time);
+
+    // Tenant isolation: another tenant's order is NotFound, as is an unknown one.
+    let other = tenant(s, "other").await;
+    assert_err!(
+        s.order_events(other, order.id).await,
+        StoreError::NotFound { .. }
+    );
+    assert_err!(
+        s.order_events(t, OrderId::new()).await,
+        StoreError::NotFound { .. }
+    );
+
+    // An event whose subject is not an order id is refused and records nothing.
+    let mut bad = created.clone();
+    bad.id = meridian_core::EventId::new();
+    bad.subject = "not-an-order".into();
+    assert_err!(
+        s.record_order_event("order-events", &bad).await,
+        StoreError::Validation(_)
+    );
+    assert!(
+        s.record_order_event("order-events", &{
+            let mut again = bad.clone();
+            again.subject = order.id.to_string();
+            again
+        })
+        .await
+        .unwrap(),
+        "the refused event left no inbox row behind"
+    );
+}
+
+// --- dead letters ---
+
+pub async fn dead_letters_are_recorded_once_listed_and_marked_replayed(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = stocked(s, 10).await;
+    let other = tenant(s, "other").await;
+    let original = outbox_from(s, 0).await.remove(0);
+    let dead_letter = |tenant: TenantId, n: u32| DeadLetterRecord {
+        id: meridian_core::EventId::new(),
+        tenant_id: tenant,
+        original_topic: original.topic.clone(),
+        envelope: original.envelope.clone(),
+        reason: format!("failure {n}"),
+        attempts: 3,
+        consumer: "order-events".into(),
+        failed_at: meridian_core::now(),
+        replayed_at: None,
+    };
+    let mut mine = Vec::new();
+    for n in 0..5 {
+        let d = dead_letter(t, n);
+        assert!(s.record_dead_letter(&d).await.unwrap());
+        assert!(!s.record_dead_letter(&d).await.unwrap(), "recorded once");
+        mine.push(d);
+    }
+    let theirs = dead_letter(other, 9);
+    s.record_dead_letter(&theirs).await.unwrap();
+
+    // Newest first, two to a page, only the tenant's own.
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .list_dead_letters(Some(t), PageRequest { limit: 2, cursor })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        listed.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut want = mine.clone();
+    want.reverse();
+    assert_eq!(listed, want);
+    // The operator's view sees every tenant.
+    let all = s
+        .list_dead_letters(None, PageRequest::first(100))
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 6);
+    assert_eq!(all.items[0], theirs);
+
+    let got = s.get_dead_letter(Some(t), mine[0].id).await.unwrap();
+    assert_eq!(got, mine[0]);
+    assert_err!(
+        s.get_dead_letter(Some(other), mine[0].id).await,
+        StoreError::NotFound { .. }
+    );
+    assert_err!(
+        s.mark_dead_letter_replayed(Some(other), mine[0].id).await,
+        StoreError::NotFound { .. }
+    );
+    let replayed = s
+        .mark_dead_letter_replayed(Some(t), mine[0].id)
+        .await
+        .unwrap();
+    assert!(replayed.replayed_at.is_some());
+    assert_eq!(
+        s.get_dead_letter(None, mine[0].id)
+            .await
+            .unwrap()
+            .replayed_at,
+        replayed.replayed_at
+    );
+    assert_err!(
+        s.list_dead_letters(
+            Some(t),
+            PageRequest {
+                limit: 2,
+                cursor: Some("!!".into())
+            }
+        )
+        .await,
+        StoreError::Validation(_)
+    );
 }

@@ -3,5 +3,6 @@
 
 mod cli;
 mod crash;
+mod events;
 mod race;
 mod support;

@@ -136,6 +136,11 @@ pub struct Server {
 
 impl Server {
     pub async fn start(db: &Db) -> Server {
+        Self::start_with(db, &[]).await
+    }
+
+    /// As [`Server::start`], with extra environment (a bus backend, a deployment id).
+    pub async fn start_with(db: &Db, env: &[(&str, String)]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -145,6 +150,7 @@ impl Server {
         let child = command(db)
             .arg("serve")
             .env("MERIDIAN_BIND", format!("127.0.0.1:{port}"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -163,9 +169,10 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
-                && r.status().is_success() {
-                    return;
-                }
+                && r.status().is_success()
+            {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!(

@@ -1,0 +1,95 @@
+//! [`MeteredBus`]: any [`Bus`] with Prometheus metrics on its publishes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::{Bus, BusError, Capabilities, Message, SubscribeOptions, Subscription, TopicPattern};
+
+/// Wraps a bus and counts what is published through it:
+///
+/// - `meridian_bus_published_total{topic}` and `meridian_bus_publish_failures_total{topic}`;
+/// - `meridian_bus_publish_duration_seconds{topic}`: how long the backend took to accept one
+///   message (for a batch, the batch's time, recorded once per message).
+///
+/// `topic` is the full topic, whose segments are the deployment, the domain and the event
+/// type: a set fixed by the code, so the label stays bounded. Tenants never appear in it.
+/// Consumer-side metrics are recorded by [`crate::consumer::run`], labelled by pattern.
+pub struct MeteredBus {
+    inner: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for MeteredBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeteredBus")
+            .field("inner", &self.inner.name())
+            .finish()
+    }
+}
+
+impl MeteredBus {
+    pub fn new(inner: Arc<dyn Bus>) -> Self {
+        Self { inner }
+    }
+}
+
+fn record(topic: &str, result: &Result<(), BusError>, seconds: f64) {
+    let topic = topic.to_owned();
+    match result {
+        Ok(()) => {
+            metrics::counter!("meridian_bus_published_total", "topic" => topic.clone())
+                .increment(1);
+            metrics::histogram!("meridian_bus_publish_duration_seconds", "topic" => topic)
+                .record(seconds);
+        }
+        Err(_) => {
+            metrics::counter!("meridian_bus_publish_failures_total", "topic" => topic).increment(1);
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for MeteredBus {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn publish(&self, message: Message) -> Result<(), BusError> {
+        let topic = message.topic.as_str().to_owned();
+        let started = Instant::now();
+        let result = self.inner.publish(message).await;
+        record(&topic, &result, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<(), BusError>> {
+        let topics: Vec<String> = messages
+            .iter()
+            .map(|m| m.topic.as_str().to_owned())
+            .collect();
+        let started = Instant::now();
+        let results = self.inner.publish_batch(messages).await;
+        let seconds = started.elapsed().as_secs_f64();
+        for (topic, result) in topics.iter().zip(&results) {
+            record(topic, result, seconds);
+        }
+        results
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &TopicPattern,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        self.inner.subscribe(pattern, options).await
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.inner.ping().await
+    }
+}

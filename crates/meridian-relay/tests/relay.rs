@@ -1,0 +1,312 @@
+//! The relay and the projection on the SQLite store and the memory bus: rows leave in
+//! order, are marked sent only once the bus took them, and wait while the bus is down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meridian_bus::{
+    Bus, BusError, Capabilities, MemoryBus, Message, NoopSink, SubscribeOptions, Subscription,
+    TopicPattern,
+};
+use meridian_catalog::NewProduct;
+use meridian_core::{EventSource, Money, Quantity, TenantId};
+use meridian_inventory::NewWarehouse;
+use meridian_orders::{AllocationStrategy, Order, OrderLineRequest, OrderRequest, PlaceOrder};
+use meridian_relay::{
+    Relay, RelayConfig, RelayError, StoreDeadLetterSink, replay_dead_letter, run_order_events,
+};
+use meridian_store::sqlite::SqliteConfig;
+use meridian_store::{Store, StoreConfig};
+use tokio::sync::watch;
+
+/// The memory bus, with a switch that makes every publish fail as if the broker were down.
+struct SwitchedBus {
+    inner: MemoryBus,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl Bus for SwitchedBus {
+    fn name(&self) -> &'static str {
+        "switched-memory"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, message: Message) -> Result<(), BusError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable("switched off".into()));
+        }
+        self.inner.publish(message).await
+    }
+    async fn subscribe(
+        &self,
+        pattern: &TopicPattern,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        self.inner.subscribe(pattern, options).await
+    }
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+struct Fixture {
+    store: Arc<dyn Store>,
+    tenant: TenantId,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = meridian_store::open(
+        StoreConfig::Sqlite(SqliteConfig::new(dir.path().join("m.db"))),
+        EventSource::new("relaytest").unwrap(),
+    )
+    .await
+    .unwrap();
+    let tenant = store.create_tenant("t").await.unwrap().id;
+    let sku = "SKU-1".parse().unwrap();
+    store
+        .create_product(
+            tenant,
+            NewProduct {
+                sku: "SKU-1".parse().unwrap(),
+                name: "One".into(),
+                description: None,
+                price: Money::new(100, "USD".parse().unwrap()),
+                attributes: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let code = "W1".parse().unwrap();
+    store
+        .create_warehouse(
+            tenant,
+            NewWarehouse {
+                code: "W1".parse().unwrap(),
+                name: "W1".into(),
+                priority: 1,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .set_stock(tenant, &code, &sku, 100, "seed")
+        .await
+        .unwrap();
+    Fixture {
+        store,
+        tenant,
+        _dir: dir,
+    }
+}
+
+async fn place(f: &Fixture) -> Order {
+    let request = OrderRequest::new(
+        vec![OrderLineRequest {
+            sku: "SKU-1".parse().unwrap(),
+            quantity: Quantity::new(1).unwrap(),
+        }],
+        None,
+        None,
+        AllocationStrategy::Priority,
+    )
+    .unwrap();
+    f.store
+        .place_order(PlaceOrder {
+            tenant_id: f.tenant,
+            request,
+            idempotency_key: None,
+            request_hash: String::new(),
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn rows_are_published_in_order_and_marked_sent() {
+    let f = fixture().await;
+    let bus = Arc::new(MemoryBus::new());
+    let pattern = TopicPattern::parse("deployment.relaytest.**").unwrap();
+    let mut sub = bus
+        .subscribe(&pattern, SubscribeOptions::ephemeral("watch"))
+        .await
+        .unwrap();
+    let o1 = place(&f).await;
+    let o2 = place(&f).await;
+    let expected = f.store.outbox_unsent(100).await.unwrap();
+    assert_eq!(expected.len(), 5);
+
+    let relay = Relay::new(f.store.clone(), bus.clone(), RelayConfig::default());
+    assert_eq!(relay.step().await.unwrap(), 5);
+    assert!(f.store.outbox_unsent(100).await.unwrap().is_empty());
+    assert_eq!(relay.step().await.unwrap(), 0, "nothing is published twice");
+
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(d.message.envelope.id);
+        d.ack().await.unwrap();
+    }
+    let want: Vec<_> = expected.iter().map(|r| r.envelope.id).collect();
+    assert_eq!(got, want, "published in seq order");
+    let subjects: Vec<_> = expected[3..]
+        .iter()
+        .map(|r| r.envelope.subject.clone())
+        .collect();
+    assert_eq!(subjects, [o1.id.to_string(), o2.id.to_string()]);
+}
+
+#[tokio::test]
+async fn a_down_bus_leaves_rows_unsent_until_it_returns() {
+    let f = fixture().await;
+    let bus = Arc::new(SwitchedBus {
+        inner: MemoryBus::new(),
+        down: AtomicBool::new(true),
+    });
+    place(&f).await;
+    let relay = Relay::new(f.store.clone(), bus.clone(), RelayConfig::default());
+    let err = relay.step().await.unwrap_err();
+    assert!(matches!(err, RelayError::Publish { .. }), "{err}");
+    assert_eq!(f.store.outbox_unsent(100).await.unwrap().len(), 4);
+    bus.down.store(false, Ordering::SeqCst);
+    assert_eq!(relay.step().await.unwrap(), 4);
+    assert!(f.store.outbox_unsent(100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_running_relay_and_projection_build_the_timeline() {
+    let f = fixture().await;
+    let bus = Arc::new(SwitchedBus {
+        inner: MemoryBus::new(),
+        down: AtomicBool::new(true),
+    });
+    let (stop, shutdown) = watch::channel(false);
+    let consumer = tokio::spawn(run_order_events(
+        bus.clone(),
+        f.store.clone(),
+        "relaytest",
+        Arc::new(NoopSink),
+        shutdown.clone(),
+    ));
+    let relay = tokio::spawn(
+        Relay::new(f.store.clone(), bus.clone(), RelayConfig::default()).run(shutdown),
+    );
+    // Orders commit while the bus is down.
+    let order = place(&f).await;
+    f.store
+        .transition_order(f.tenant, order.id, meridian_orders::OrderAction::Cancel)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(f.store.outbox_unsent(100).await.unwrap().len(), 5);
+    bus.down.store(false, Ordering::SeqCst);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let types = loop {
+        let events = f.store.order_events(f.tenant, order.id).await.unwrap();
+        if events.len() == 2 || tokio::time::Instant::now() > deadline {
+            break events.into_iter().map(|e| e.ty).collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(
+        types,
+        ["meridian.oms.order.created", "meridian.oms.order.canceled"]
+    );
+    assert!(f.store.outbox_unsent(100).await.unwrap().is_empty());
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), relay)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), consumer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_message_the_projection_cannot_handle_is_dead_lettered_in_the_store_and_replayable() {
+    let f = fixture().await;
+    let bus = Arc::new(MemoryBus::new());
+    let (stop, shutdown) = watch::channel(false);
+    let consumer = tokio::spawn(run_order_events(
+        bus.clone(),
+        f.store.clone(),
+        "relaytest",
+        Arc::new(StoreDeadLetterSink::new(f.store.clone())),
+        shutdown,
+    ));
+    // An order event whose subject is no order id: the projection refuses it every time.
+    let order = place(&f).await;
+    let mut bad = f
+        .store
+        .outbox_unsent(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.envelope.subject == order.id.to_string())
+        .unwrap();
+    bad.envelope.id = meridian_core::EventId::new();
+    bad.envelope.subject = "not-an-order".into();
+    // Give the consumer time to subscribe: the memory bus keeps nothing for late comers.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bus.publish(Message::new(bad.topic.clone(), bad.envelope.clone()))
+        .await
+        .unwrap();
+
+    let wait_for = |n: usize| {
+        let store = f.store.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let page = store
+                    .list_dead_letters(Some(f.tenant), Default::default())
+                    .await
+                    .unwrap();
+                if page.items.len() >= n {
+                    return page.items;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no dead letter yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let first = wait_for(1).await.remove(0);
+    assert_eq!(first.envelope, bad.envelope);
+    assert_eq!(first.original_topic, bad.topic);
+    assert_eq!(first.attempts, 3);
+    assert_eq!(first.consumer, "order-events");
+    assert!(first.reason.contains("not an order id"), "{}", first.reason);
+
+    let replayed = replay_dead_letter(f.store.as_ref(), bus.as_ref(), Some(f.tenant), first.id)
+        .await
+        .unwrap();
+    assert!(replayed.replayed_at.is_some());
+    // Still unhandleable: it fails three more times and is dead-lettered again.
+    let both = wait_for(2).await;
+    assert_eq!(both[1].id, first.id);
+    assert_eq!(
+        both[0].envelope.id, bad.envelope.id,
+        "the replay kept the event id"
+    );
+    // Another tenant cannot replay it.
+    let other = f.store.create_tenant("other").await.unwrap().id;
+    assert!(
+        replay_dead_letter(f.store.as_ref(), bus.as_ref(), Some(other), first.id)
+            .await
+            .is_err()
+    );
+    stop.send(true).unwrap();
+    consumer.await.unwrap().unwrap();
+}
