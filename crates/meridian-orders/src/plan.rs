@@ -157,13 +157,14 @@ fn plan_one(
 ) -> Result<PlaceOutcome, PlaceError> {
     let tenant = cmd.tenant_id;
     if let Some(key) = &cmd.idempotency_key
-        && let Some(rec) = snapshot.idempotency.get(&(tenant, key.clone())) {
-            return if rec.request_hash == cmd.request_hash {
-                Ok(PlaceOutcome::Existing(rec.order_id))
-            } else {
-                Err(PlaceError::IdempotencyKeyReused(key.clone()))
-            };
-        }
+        && let Some(rec) = snapshot.idempotency.get(&(tenant, key.clone()))
+    {
+        return if rec.request_hash == cmd.request_hash {
+            Ok(PlaceOutcome::Existing(rec.order_id))
+        } else {
+            Err(PlaceError::IdempotencyKeyReused(key.clone()))
+        };
+    }
 
     let lines = cmd.request.lines();
     let unknown: Vec<Sku> = lines

@@ -263,9 +263,10 @@ async fn wait_ready(client: &reqwest::Client, base: &str, log: PathBuf) -> Resul
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status().is_success() {
-                return Ok(());
-            }
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let tail = std::fs::read_to_string(&log).unwrap_or_default();

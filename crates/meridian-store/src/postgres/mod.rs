@@ -41,15 +41,16 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use meridian_catalog::{NewProduct, Product, ProductPatch};
 use meridian_core::{
-    ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, ValidationErrors, WarehouseCode,
+    ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, ValidationErrors,
+    WarehouseCode,
 };
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
 use tokio_postgres::NoTls;
 
 use crate::{
-    ApiKey, CreatedApiKey, DeadLetterRecord, OrderEvent, OutboxRecord, Page, PageRequest, Principal, Result, Store,
-    StoreError, Tenant,
+    ApiKey, CreatedApiKey, DeadLetterRecord, OrderEvent, OutboxRecord, Page, PageRequest,
+    Principal, Result, Store, StoreError, Tenant,
 };
 
 /// The transaction-scoped advisory lock every writer holds from its outbox append until it

@@ -123,21 +123,23 @@ fn install_hook(
     wake: SyncSender<()>,
 ) -> Result<(), StoreError> {
     let mut last = 0_u64;
-    conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
-        // `n` is the WAL's length after this commit; a shorter WAL than last time was
-        // started over, and all of its frames are this commit's.
-        let n = u64::try_from(n).unwrap_or(0);
-        let added = if n >= last { n - last } else { n };
-        last = n;
-        frames.store(n, Ordering::Relaxed);
-        shared.committed.fetch_add(added, Ordering::Relaxed);
-        if shared.due() {
-            // Full: a wake-up is already pending. Disconnected: the checkpointer is gone
-            // (it panicked); the writer's resets still keep the WAL bounded.
-            let _ = wake.try_send(());
-        }
-        Ok(())
-    }))
+    conn.wal_hook(Some(
+        move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+            // `n` is the WAL's length after this commit; a shorter WAL than last time was
+            // started over, and all of its frames are this commit's.
+            let n = u64::try_from(n).unwrap_or(0);
+            let added = if n >= last { n - last } else { n };
+            last = n;
+            frames.store(n, Ordering::Relaxed);
+            shared.committed.fetch_add(added, Ordering::Relaxed);
+            if shared.due() {
+                // Full: a wake-up is already pending. Disconnected: the checkpointer is gone
+                // (it panicked); the writer's resets still keep the WAL bounded.
+                let _ = wake.try_send(());
+            }
+            Ok(())
+        },
+    ))
     .map_err(|e| {
         tracing::error!(error = %e, "cannot install the sqlite WAL hook");
         StoreError::Unavailable("cannot install the sqlite WAL hook".into())
@@ -178,9 +180,10 @@ impl WalKeeper {
             self.shared.running.try_lock()
         };
         let Some(_running) = running else { return };
-        self.shared
-            .checkpointed
-            .store(self.shared.committed.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.shared.checkpointed.store(
+            self.shared.committed.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         let mode = if truncate {
             Mode::Truncate
         } else {
@@ -190,7 +193,10 @@ impl WalKeeper {
             && truncate
             && !done
         {
-            tracing::warn!(frames, "could not truncate the sqlite WAL; a reader holds it");
+            tracing::warn!(
+                frames,
+                "could not truncate the sqlite WAL; a reader holds it"
+            );
         }
     }
 }
@@ -209,7 +215,11 @@ fn checkpoint(conn: &Connection, mode: Mode) -> rusqlite::Result<bool> {
     };
     let started = std::time::Instant::now();
     let result = conn.query_row(sql, [], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
     });
     match result {
         Ok((busy, log, done)) => {

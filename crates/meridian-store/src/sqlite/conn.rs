@@ -202,7 +202,9 @@ mod tests {
         // Re-prepared on every run without the QPSG: the join derives `w.tenant_id = ?1`,
         // a term the warehouse lookup does not use, and SQLite marks such a parameter.
         for i in 0..3 {
-            let mut stmt = conn.prepare_cached(super::super::queries::LEVELS_OF).unwrap();
+            let mut stmt = conn
+                .prepare_cached(super::super::queries::LEVELS_OF)
+                .unwrap();
             let n = stmt
                 .query_map(params!["t", format!("SKU-{i}")], |_| Ok(()))
                 .unwrap()

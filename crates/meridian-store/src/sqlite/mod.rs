@@ -32,7 +32,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use meridian_catalog::{NewProduct, Product, ProductPatch};
-use meridian_core::{ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, WarehouseCode};
+use meridian_core::{
+    ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, WarehouseCode,
+};
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
 use rusqlite::Connection;
@@ -45,8 +47,8 @@ use self::error::lost;
 use self::readers::Readers;
 use self::writer::Writer;
 use crate::{
-    ApiKey, CreatedApiKey, DeadLetterRecord, OrderEvent, OutboxRecord, Page, PageRequest, Principal, Result, Store,
-    StoreError, Tenant,
+    ApiKey, CreatedApiKey, DeadLetterRecord, OrderEvent, OutboxRecord, Page, PageRequest,
+    Principal, Result, Store, StoreError, Tenant,
 };
 
 #[derive(Clone, Debug)]
@@ -382,7 +384,8 @@ impl Store for SqliteStore {
         tenant: Option<TenantId>,
         page: PageRequest,
     ) -> Result<Page<DeadLetterRecord>> {
-        self.read(move |c| dead_letters::list(c, tenant, &page)).await
+        self.read(move |c| dead_letters::list(c, tenant, &page))
+            .await
     }
 
     async fn get_dead_letter(

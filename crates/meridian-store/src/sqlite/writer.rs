@@ -119,12 +119,7 @@ impl Writer {
     }
 }
 
-fn run(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Job>,
-    events: &EventSource,
-    wal: &WalKeeper,
-) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, events: &EventSource, wal: &WalKeeper) {
     tracing::debug!("sqlite writer started");
     while let Some(job) = rx.blocking_recv() {
         match job {
