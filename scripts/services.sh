@@ -2,8 +2,8 @@
 # Makes sure the backing services the test suite talks to are running on this machine,
 # starting any that are stopped, and fails loudly if one cannot be reached.
 #
-#   scripts/services.sh            PostgreSQL, RabbitMQ and NATS JetStream (what the tests need)
-#   scripts/services.sh all        also Redis
+#   scripts/services.sh            PostgreSQL, RabbitMQ, NATS JetStream and Redis (what the tests need)
+#   scripts/services.sh all        the same
 #   scripts/services.sh postgres   one service (postgres, rabbitmq, nats or redis)
 #
 # Addresses can be overridden with MERIDIAN_TEST_DATABASE_URL's host/port defaults
@@ -79,7 +79,7 @@ ensure_nats() {
 }
 
 case "$want" in
-  tests) ensure_postgres; ensure_rabbitmq; ensure_nats ;;
+  tests) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_redis ;;
   all) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_redis ;;
   postgres) ensure_postgres ;;
   rabbitmq) ensure_rabbitmq ;;

@@ -1,19 +1,29 @@
-//! Authentication: who is calling, and for which tenant.
+//! Authentication and authorization: who is calling, for which tenant, and whether they
+//! may do what the route does.
 //!
-//! Three steps, kept apart so that JWTs (a later issue) slot in without touching handlers:
-//! 1. [`Credential::from_headers`] parses `Authorization: Bearer <token>` into a credential
-//!    kind. Today there is one kind, the API key (`mk_...`); a JWT variant will be recognized
-//!    by its shape (three dot-separated segments).
-//! 2. [`Authenticator`] verifies a credential and returns the store's [`Principal`]; a JWT
-//!    arm will verify the signature locally instead of asking the store.
+//! 1. [`Credential::from_headers`] parses `Authorization: Bearer <token>`: an API key
+//!    (`mk_...`) or a JWT (three dot-separated segments).
+//! 2. The [`authenticate`] middleware, on every `/v1` route but the token endpoints,
+//!    verifies it with the [`AuthService`] (a JWT locally, against the key set and the
+//!    revocation set; an API key through a short cache in front of the store), checks the
+//!    route's [`Permission`] from [`required_permission`] (`403 forbidden` if the role or
+//!    the scopes lack it), and puts the [`Principal`] into the request's extensions, where
+//!    the layers inside it (rate limits) and the handlers find it.
 //! 3. [`TenantContext`] is the extractor handlers take. It carries the tenant every store
 //!    call is scoped by, so a handler cannot forget it (DESIGN.md §4.4).
 
-use axum::extract::FromRequestParts;
+mod service;
+
+pub use service::{AuthConfig, AuthService, IssuedTokens, Rejection, refresh_token_hash};
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use meridian_auth::Permission;
 use meridian_core::{ErrorCode, TenantId};
-use meridian_store::{Principal, Store};
+use meridian_store::Principal;
 
 use crate::AppState;
 use crate::problem::Problem;
@@ -23,6 +33,8 @@ use crate::problem::Problem;
 pub enum Credential {
     /// A Meridian API key: `mk_<id>_<secret>`.
     ApiKey(String),
+    /// A JWT access token from `/v1/auth/token`.
+    Jwt(String),
 }
 
 // Never print a secret, even in debug output.
@@ -30,6 +42,7 @@ impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credential::ApiKey(_) => f.write_str("ApiKey(..)"),
+            Credential::Jwt(_) => f.write_str("Jwt(..)"),
         }
     }
 }
@@ -50,14 +63,14 @@ impl From<AuthFailure> for Problem {
         // RFC 6750 §3: no error attribute when no credentials were sent.
         let (detail, challenge) = match f {
             AuthFailure::Missing => (
-                "this endpoint needs `Authorization: Bearer <api key>`",
+                "this endpoint needs `Authorization: Bearer <access token or API key>`",
                 r#"Bearer realm="meridian""#,
             ),
             AuthFailure::Malformed(why) => {
                 (why, r#"Bearer realm="meridian", error="invalid_request""#)
             }
             AuthFailure::Rejected => (
-                "the API key is unknown or has been revoked",
+                "the credential is unknown, expired, invalid or revoked",
                 r#"Bearer realm="meridian", error="invalid_token""#,
             ),
         };
@@ -96,40 +109,106 @@ impl Credential {
         }
         if token.starts_with("mk_") {
             Ok(Credential::ApiKey(token.to_owned()))
+        } else if token.split('.').count() == 3 && token.len() <= 8192 {
+            Ok(Credential::Jwt(token.to_owned()))
         } else {
             Err(AuthFailure::Malformed(
-                "the bearer token is not a Meridian API key",
+                "the bearer token is neither a Meridian API key nor a JWT",
             ))
         }
     }
-}
 
-/// Verifies credentials.
-pub struct Authenticator<'a> {
-    store: &'a dyn Store,
-}
-
-impl<'a> Authenticator<'a> {
-    pub fn new(store: &'a dyn Store) -> Self {
-        Self { store }
-    }
-
-    /// The principal a credential stands for. A store that cannot answer is a
-    /// `503 unavailable`, not a `401`: the key may well be valid.
-    pub async fn authenticate(&self, credential: &Credential) -> Result<Principal, Problem> {
-        match credential {
-            Credential::ApiKey(token) => self
-                .store
-                .authenticate(token)
-                .await?
-                .ok_or_else(|| AuthFailure::Rejected.into()),
+    fn token(&self) -> &str {
+        match self {
+            Credential::ApiKey(t) | Credential::Jwt(t) => t,
         }
     }
+}
+
+/// The principal a credential stands for. A store that cannot answer is a
+/// `503 unavailable`, not a `401`: the key may well be valid.
+pub async fn verify(service: &AuthService, credential: &Credential) -> Result<Principal, Problem> {
+    match service.authenticate(credential.token()).await {
+        Ok(p) => Ok(p),
+        Err(Rejection::Store(e)) => Err(Problem::from(e)),
+        Err(why) => {
+            tracing::info!(reason = %why, "credential refused");
+            Err(AuthFailure::Rejected.into())
+        }
+    }
+}
+
+/// The permission each `/v1` route needs, by method and route template. A route missing
+/// here is refused to everyone (`403`): access is granted by listing, never by omission.
+pub fn required_permission(method: &Method, route: &str) -> Option<Permission> {
+    use Permission::*;
+    let write = !matches!(*method, Method::GET | Method::HEAD);
+    let p = match (route, write) {
+        ("/v1/products" | "/v1/products/{sku}", false) => CatalogRead,
+        ("/v1/products" | "/v1/products/{sku}", true) => CatalogWrite,
+        ("/v1/warehouses", false) => InventoryRead,
+        ("/v1/warehouses", true) => InventoryWrite,
+        (r, false) if r.starts_with("/v1/inventory/") => InventoryRead,
+        (r, true) if r.starts_with("/v1/inventory/") => InventoryWrite,
+        ("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/events", false) => OrdersRead,
+        ("/v1/orders" | "/v1/orders/{id}/cancel" | "/v1/orders/{id}/fulfill", true) => OrdersWrite,
+        ("/v1/dead-letters" | "/v1/dead-letters/{id}", false) => DeadLettersRead,
+        ("/v1/dead-letters/{id}/replay", true) => DeadLettersReplay,
+        ("/v1/api-keys", false) => ApiKeysRead,
+        ("/v1/api-keys" | "/v1/api-keys/{id}" | "/v1/api-keys/{id}/rotate", true) => ApiKeysManage,
+        ("/v1/users" | "/v1/users/{id}", false) => UsersRead,
+        ("/v1/users" | "/v1/users/{id}", true) => UsersManage,
+        ("/v1/auth/signing-keys/rotate", true) => SigningKeysRotate,
+        _ => return None,
+    };
+    Some(p)
+}
+
+/// Middleware for every authenticated route: verifies the bearer credential, checks the
+/// route's permission and stores the [`Principal`] in the request extensions.
+/// Unauthenticated is `401`, not permitted `403`.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let principal = match Credential::from_headers(request.headers()) {
+        Ok(c) => match verify(&state.auth, &c).await {
+            Ok(p) => p,
+            Err(problem) => return problem.into_response(),
+        },
+        Err(f) => return Problem::from(f).into_response(),
+    };
+    tracing::Span::current().record("tenant.id", tracing::field::display(principal.tenant_id));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let permitted = required_permission(request.method(), &route).is_some_and(|p| principal.can(p));
+    if !permitted {
+        return Problem::new(
+            ErrorCode::Forbidden,
+            format!(
+                "a {} credential{} may not {} {route}",
+                principal.role,
+                if principal.scopes == meridian_auth::Scopes::ALL {
+                    ""
+                } else {
+                    " with these scopes"
+                },
+                request.method()
+            ),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
 }
 
 /// The authenticated caller of a `/v1` request. Take it as the first argument of every
 /// tenant-scoped handler and pass `tenant_id` to the store.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TenantContext {
     pub tenant_id: TenantId,
     pub principal: Principal,
@@ -139,11 +218,15 @@ impl FromRequestParts<AppState> for TenantContext {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let credential = Credential::from_headers(&parts.headers)?;
-        let principal = Authenticator::new(state.store.as_ref())
-            .authenticate(&credential)
-            .await?;
-        tracing::Span::current().record("tenant.id", tracing::field::display(principal.tenant_id));
+        let principal = match parts.extensions.get::<Principal>() {
+            Some(p) => p.clone(),
+            // A route outside the middleware: authenticate here (no permission check, so
+            // every authenticated route belongs behind the middleware).
+            None => {
+                let credential = Credential::from_headers(&parts.headers)?;
+                verify(&state.auth, &credential).await?
+            }
+        };
         Ok(TenantContext {
             tenant_id: principal.tenant_id,
             principal,
@@ -185,7 +268,7 @@ mod tests {
             &["Basic dXNlcjpwYXNz"][..],
             &["Bearer"],
             &["Bearer  "],
-            &["Bearer eyJhbGciOi.x.y"],
+            &["Bearer eyJhbGciOi.x"],
             &["mk_abc"],
             &["Bearer mk_a", "Bearer mk_b"],
         ] {
@@ -197,6 +280,35 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn jwts_are_recognized_by_shape() {
+        assert_eq!(
+            Credential::from_headers(&headers(&["Bearer aaa.bbb.ccc"])),
+            Ok(Credential::Jwt("aaa.bbb.ccc".into()))
+        );
+    }
+
+    #[test]
+    fn every_route_template_names_a_permission() {
+        for (m, r) in [
+            (Method::GET, "/v1/products"),
+            (Method::DELETE, "/v1/products/{sku}"),
+            (Method::PUT, "/v1/inventory/{warehouse_code}/{sku}"),
+            (Method::POST, "/v1/orders/{id}/cancel"),
+            (Method::POST, "/v1/dead-letters/{id}/replay"),
+            (Method::POST, "/v1/api-keys/{id}/rotate"),
+            (Method::PATCH, "/v1/users/{id}"),
+        ] {
+            assert!(required_permission(&m, r).is_some(), "{m} {r}");
+        }
+        assert_eq!(required_permission(&Method::GET, "/v1/unknown"), None);
+        assert_eq!(
+            required_permission(&Method::POST, "/v1/dead-letters"),
+            None,
+            "no such write route"
+        );
     }
 
     #[test]

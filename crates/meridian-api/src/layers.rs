@@ -1,17 +1,24 @@
-//! Cross-cutting request handling: request ids, the request span, metrics, the timeout, the
-//! panic catcher and the 404/405 fallbacks.
+//! Cross-cutting request handling: request ids, the request span, the JSON access log,
+//! metrics, the timeout, the panic catcher, the 404/405 fallbacks, and the gateway's layers:
+//! CORS, per-tenant rate limits and the dispatch of requests for services this process does
+//! not run to their upstream.
 
 use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, header::HeaderName};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header, header::HeaderName};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use meridian_core::ErrorCode;
+use meridian_core::{ErrorCode, TenantId};
+use meridian_gateway::{Proxy, ProxyError, RateLimiter, RouteClass, Service, Services, Subject};
 use tower_http::catch_panic::ResponseForPanic;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
+use crate::AppState;
 use crate::problem::Problem;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -106,12 +113,32 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
 
     let status = response.status();
     let elapsed = started.elapsed();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     span.record("http.response.status_code", status.as_u16());
-    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+    span.record("latency_ms", latency_ms);
+    // The access log: one event per request, with every field at the top level so that a
+    // JSON log line (MERIDIAN_LOG_FORMAT=json) is self-contained.
+    let tenant = response.extensions().get::<TenantTag>().map(|t| t.0);
+    let bytes = axum::body::HttpBody::size_hint(response.body()).exact();
+    macro_rules! access {
+        ($level:ident, $msg:literal) => {
+            tracing::$level!(
+                target: "meridian::access",
+                method,
+                route = %route,
+                status = status.as_u16(),
+                latency_ms,
+                tenant = tenant.map(tracing::field::display),
+                request_id = %id,
+                bytes,
+                $msg
+            )
+        };
+    }
     if status.is_server_error() {
-        tracing::error!(parent: &span, "request failed");
+        access!(error, "request failed");
     } else {
-        tracing::debug!(parent: &span, "request finished");
+        access!(info, "request");
     }
     crate::metrics::record_request(method, route, status.as_u16(), elapsed);
 
@@ -119,6 +146,225 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID, v);
     }
     response
+}
+
+/// The gateway's part of the API configuration.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The services this process runs; all of them in the all-in-one mode.
+    pub services: Services,
+    /// Per-tenant rate limits; `None` (or policy `off`) limits nothing. Applied only by a
+    /// process that runs the gateway service.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Where the services this process does not run are (split mode).
+    pub proxy: Option<Arc<Proxy>>,
+    /// Origins allowed by CORS: empty for none, `*` for any.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            services: Services::all(),
+            rate_limiter: None,
+            proxy: None,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// The tenant a response was produced for, for the access log.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TenantTag(pub TenantId);
+
+/// The plan a principal's tenant is on; an unknown plan is limited as the default one.
+fn plan_of(principal: &meridian_store::Principal) -> &str {
+    if principal.plan.is_empty() {
+        meridian_gateway::Plans::DEFAULT
+    } else {
+        &principal.plan
+    }
+}
+
+fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// Per-tenant rate limiting. Runs inside authentication, so the principal is in the request:
+/// authenticated requests are counted per (tenant, route class) with the tenant's plan; the
+/// token endpoint per client IP. Other requests without a principal are left to the
+/// authentication layer's refusal. Every limited response carries `RateLimit-Policy` and
+/// `RateLimit`; a refusal is `429 rate_limited` with `Retry-After`. The response is tagged
+/// with the tenant for the access log.
+pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let tenant = req
+        .extensions()
+        .get::<meridian_store::Principal>()
+        .map(|p| p.tenant_id);
+    with_tenant(limit(&state, req, next).await, tenant)
+}
+
+async fn limit(state: &AppState, req: Request, next: Next) -> Response {
+    let gateway = &state.config.gateway;
+    let Some(limiter) = gateway
+        .rate_limiter
+        .as_ref()
+        .filter(|_| gateway.services.contains(Service::Gateway))
+    else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if !(path.starts_with("/v1/") || meridian_gateway::plan::is_token_endpoint(path)) {
+        return next.run(req).await;
+    }
+    let class = RouteClass::of(req.method(), path);
+    // Owned copies: the request moves on to the next layer.
+    let principal = req
+        .extensions()
+        .get::<meridian_store::Principal>()
+        .map(|p| (p.tenant_id.to_string(), plan_of(p).to_owned()));
+    let (subject, plan) = match (class, &principal, client_ip(&req)) {
+        (RouteClass::Auth, _, Some(ip)) => (Subject::Client(ip), meridian_gateway::Plans::DEFAULT),
+        (RouteClass::Read | RouteClass::Write, Some((key, plan)), _) => {
+            (Subject::Tenant(key), plan.as_str())
+        }
+        _ => return next.run(req).await,
+    };
+    let Some(verdict) = limiter.check(subject, plan, class).await else {
+        return next.run(req).await;
+    };
+    if !verdict.allowed() {
+        let mut problem = Problem::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many {class} requests for this plan; retry in {} s",
+                verdict.retry_after_secs()
+            ),
+        );
+        for (name, value) in verdict.headers() {
+            problem = problem.with_header(name, value);
+        }
+        return problem.into_response();
+    }
+    let mut response = next.run(req).await;
+    response.headers_mut().extend(verdict.headers());
+    response
+}
+
+fn with_tenant(mut response: Response, tenant: Option<TenantId>) -> Response {
+    if let Some(t) = tenant {
+        response.extensions_mut().insert(TenantTag(t));
+    }
+    response
+}
+
+/// Sends requests for services this process does not run to their upstream (split mode);
+/// everything else goes on to the local handlers.
+pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let gateway = &state.config.gateway;
+    let Some(service) = Service::of_path(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    if gateway.services.contains(service) {
+        return next.run(req).await;
+    }
+    let Some(proxy) = gateway.proxy.as_ref().filter(|p| p.has_upstream(service)) else {
+        return Problem::new(
+            ErrorCode::NotFound,
+            format!("this process does not serve the {service} service"),
+        )
+        .into_response();
+    };
+    let ip = client_ip(&req);
+    let tenant = req
+        .extensions()
+        .get::<meridian_store::Principal>()
+        .map(|p| p.tenant_id);
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, state.config.body_limit_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Problem::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the request body is larger than {} bytes or was cut off",
+                    state.config.body_limit_bytes
+                ),
+            )
+            .into_response();
+        }
+    };
+    match proxy.forward(service, parts, body, ip).await {
+        Ok(response) => with_tenant(response.map(axum::body::Body::new), tenant),
+        Err(e) => {
+            tracing::warn!(error = %e, upstream = service.as_str(), "cannot forward the request");
+            let problem = match e {
+                ProxyError::NoUpstream(_) => Problem::new(
+                    ErrorCode::NotFound,
+                    format!("this process does not serve the {service} service"),
+                ),
+                ProxyError::CircuitOpen(_) => Problem::new(
+                    ErrorCode::Unavailable,
+                    format!("the {service} service is failing; retry later"),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
+                ProxyError::Timeout(..) => Problem::new(
+                    ErrorCode::GatewayTimeout,
+                    format!("the {service} service did not answer in time"),
+                ),
+                ProxyError::Unreachable(..) => Problem::new(
+                    ErrorCode::BadGateway,
+                    format!("the {service} service cannot be reached; retry later"),
+                ),
+            };
+            with_tenant(problem.into_response(), tenant)
+        }
+    }
+}
+
+/// CORS for the configured origins; `None` when none are configured.
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                REQUEST_ID,
+            ])
+            .expose_headers([
+                REQUEST_ID,
+                HeaderName::from_static("ratelimit"),
+                HeaderName::from_static("ratelimit-policy"),
+                header::RETRY_AFTER,
+                header::LOCATION,
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// Answers `503 unavailable` when the rest of the stack takes longer than the configured

@@ -35,6 +35,7 @@ use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub use crate::layers::GatewayConfig;
 pub use crate::metrics::install_metrics;
 pub use crate::openapi::ApiDoc;
 
@@ -45,6 +46,8 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// Longest a request may take before it is answered with `503 unavailable`.
     pub request_timeout: Duration,
+    /// Rate limits, CORS and the services this process runs or forwards.
+    pub gateway: GatewayConfig,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +55,7 @@ impl Default for ApiConfig {
         Self {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -65,18 +69,59 @@ pub struct AppState {
     pub bus: Option<Arc<dyn meridian_bus::Bus>>,
     pub metrics: PrometheusHandle,
     pub config: ApiConfig,
+    /// Token verification and issuing, signing keys, revocations.
+    pub auth: Arc<auth::AuthService>,
+}
+
+/// The router `meridian bench gateway` measures: one trivial handler served twice, at
+/// `/v1/products/{sku}` behind the gateway's layers exactly as the real route is
+/// (authentication with its permission check, the rate limit, the dispatch), and at
+/// `/bench/baseline` without them. Both sit inside the same outer layers as [`router`], so
+/// the difference between the two is the gateway's cost.
+pub fn gateway_bench_router(state: AppState) -> Router {
+    async fn trivial() -> axum::Json<serde_json::Value> {
+        axum::Json(serde_json::json!({"ok": true}))
+    }
+    let gated = Router::new()
+        .route("/v1/products/{sku}", get(trivial))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::dispatch,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::rate_limit,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .route("/bench/baseline", get(trivial))
+        // Where the benchmark gets its access token.
+        .route("/v1/auth/token", post(resources::auth::token))
+        .merge(gated)
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(CatchPanicLayer::custom(layers::PanicToProblem))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.request_timeout,
+            layers::timeout,
+        ))
+        .layer(axum::middleware::from_fn(layers::observe))
+        .with_state(state)
 }
 
 /// The whole HTTP surface, with its layers, ready to serve.
 pub fn router(state: AppState) -> Router {
-    use resources::{api_keys, dead_letters, inventory, ops, orders, products, warehouses};
+    use resources::{
+        api_keys, auth as auth_routes, dead_letters, inventory, ops, orders, products, users,
+        warehouses,
+    };
 
-    let routes = Router::new()
-        // Operational endpoints: no authentication.
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
+    // Every route of this router needs a credential and the permission listed for it in
+    // `auth::required_permission`. Layers added with `route_layer` below `authenticate`
+    // run inside it and find the `Principal` in the request extensions.
+    let authenticated = Router::new()
         // Catalog.
         .route("/v1/products", post(products::create).get(products::list))
         .route(
@@ -113,6 +158,58 @@ pub fn router(state: AppState) -> Router {
         // API keys of the caller's tenant.
         .route("/v1/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/v1/api-keys/{id}", axum::routing::delete(api_keys::revoke))
+        .route("/v1/api-keys/{id}/rotate", post(api_keys::rotate))
+        // Users of the caller's tenant.
+        .route("/v1/users", post(users::create).get(users::list))
+        .route(
+            "/v1/users/{id}",
+            get(users::get).patch(users::update).delete(users::delete),
+        )
+        .route(
+            "/v1/auth/signing-keys/rotate",
+            post(auth_routes::rotate_signing_keys),
+        )
+        // The gateway's layers run inside authentication, so they see the principal:
+        // `rate_limit` counts the request against its tenant's plan, then `dispatch`
+        // forwards it when this process does not run the route's service (split mode).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::dispatch,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::rate_limit,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+
+    let routes = Router::new()
+        // Operational endpoints: no authentication.
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        // The token endpoints authenticate their clients themselves (RFC 6749, RFC 7009).
+        .route("/v1/auth/token", post(auth_routes::token))
+        .route("/v1/auth/revoke", post(auth_routes::revoke))
+        .route("/.well-known/jwks.json", get(auth_routes::jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(auth_routes::openid_configuration),
+        )
+        // The token endpoint is limited per client IP; the auth service's public routes are
+        // forwarded like the others in split mode.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::dispatch,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::rate_limit,
+        ))
+        .merge(authenticated)
         .fallback(layers::not_found)
         // Must come after every route: it is installed on the routes that exist when called.
         .method_not_allowed_fallback(layers::method_not_allowed);
@@ -121,13 +218,19 @@ pub fn router(state: AppState) -> Router {
     // the `MatchedPath`. Later layers are outer: `observe` sees the responses of a caught
     // panic and of a timeout, so both are counted, logged with the request id, and answered
     // as problem+json.
-    routes
+    // CORS, when configured, answers preflights before authentication.
+    let routes = routes
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(CatchPanicLayer::custom(layers::PanicToProblem))
         .layer(axum::middleware::from_fn_with_state(
             state.config.request_timeout,
             layers::timeout,
-        ))
+        ));
+    let routes = match layers::cors(&state.config.gateway.cors_origins) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn(layers::observe))
         .with_state(state)
 }

@@ -47,6 +47,12 @@ pub fn install_metrics() -> PrometheusHandle {
                         LATENCY_BUCKETS,
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Prefix("meridian_gateway_".to_owned()),
+                        LATENCY_BUCKETS,
+                    )
+                })
                 .expect("the latency bucket list is a non-empty constant");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

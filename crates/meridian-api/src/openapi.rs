@@ -6,7 +6,9 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::resources::{api_keys, dead_letters, inventory, ops, orders, products, warehouses};
+use crate::resources::{
+    api_keys, auth, dead_letters, inventory, ops, orders, products, users, warehouses,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,6 +46,17 @@ use crate::resources::{api_keys, dead_letters, inventory, ops, orders, products,
         api_keys::create,
         api_keys::list,
         api_keys::revoke,
+        api_keys::rotate,
+        users::create,
+        users::list,
+        users::get,
+        users::update,
+        users::delete,
+        auth::token,
+        auth::revoke,
+        auth::jwks,
+        auth::openid_configuration,
+        auth::rotate_signing_keys,
     ),
     components(schemas(crate::problem::ProblemDetails)),
     modifiers(&BearerAuth),
@@ -55,6 +68,8 @@ use crate::resources::{api_keys, dead_letters, inventory, ops, orders, products,
         (name = "orders", description = "Orders and their lifecycle"),
         (name = "dead-letters", description = "Messages a consumer gave up on; inspect and replay"),
         (name = "api-keys", description = "The tenant's API keys"),
+        (name = "users", description = "The tenant's users and their roles"),
+        (name = "auth", description = "OAuth 2.0 token endpoint, revocation, JWKS and discovery"),
         (name = "operations", description = "Health, readiness, metrics; no authentication"),
     )
 )]
@@ -71,7 +86,10 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A Meridian API key: `Authorization: Bearer mk_...`"))
+                    .description(Some(
+                        "A JWT access token from `/v1/auth/token`, or a Meridian API key: \
+                         `Authorization: Bearer mk_...`",
+                    ))
                     .build(),
             ),
         );

@@ -37,6 +37,15 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::StockConflict => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
+        ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        // RFC 6749 §5.2: token endpoint errors are 400, except a failed client
+        // authentication, which is 401.
+        ErrorCode::InvalidGrant => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+        ErrorCode::UnsupportedGrantType => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidScope => StatusCode::BAD_REQUEST,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -59,6 +68,13 @@ fn title_of(code: ErrorCode) -> &'static str {
         ErrorCode::IdempotencyKeyReused => "Idempotency key reused",
         ErrorCode::StockConflict => "Stock conflict",
         ErrorCode::Unavailable => "Service unavailable",
+        ErrorCode::RateLimited => "Too many requests",
+        ErrorCode::BadGateway => "Bad gateway",
+        ErrorCode::GatewayTimeout => "Gateway timeout",
+        ErrorCode::InvalidGrant => "Invalid grant",
+        ErrorCode::InvalidClient => "Invalid client",
+        ErrorCode::UnsupportedGrantType => "Unsupported grant type",
+        ErrorCode::InvalidScope => "Invalid scope",
         ErrorCode::Internal => "Internal error",
     }
 }
@@ -123,6 +139,11 @@ pub struct ProblemDetails {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub shortages: Option<Vec<ShortageDto>>,
+    /// On the token and revocation endpoints: the RFC 6749 §5.2 error code
+    /// (`invalid_grant`, `invalid_client`, ...), for OAuth client libraries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "invalid_grant")]
+    pub error: Option<String>,
 }
 
 /// An error on its way to the client.
@@ -137,6 +158,7 @@ struct Inner {
     detail: String,
     errors: Vec<FieldErrorDto>,
     shortages: Option<Vec<ShortageDto>>,
+    oauth_error: Option<&'static str>,
     headers: HeaderMap,
 }
 
@@ -147,6 +169,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             shortages: None,
+            oauth_error: None,
             headers: HeaderMap::new(),
         }))
     }
@@ -192,6 +215,12 @@ impl Problem {
         self
     }
 
+    /// Adds the RFC 6749 §5.2 `error` member (token and revocation endpoints).
+    pub fn with_oauth_error(mut self, error: &'static str) -> Self {
+        self.0.oauth_error = Some(error);
+        self
+    }
+
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.0.headers.insert(name, value);
         self
@@ -213,6 +242,7 @@ impl Problem {
             detail,
             errors,
             shortages,
+            oauth_error,
             headers,
         } = *self.0;
         let details = ProblemDetails {
@@ -225,6 +255,7 @@ impl Problem {
             instance: request.as_ref().and_then(|r| r.instance.clone()),
             request_id: request.map(|r| r.id),
             shortages,
+            error: oauth_error.map(str::to_owned),
         };
         (details, headers)
     }

@@ -39,12 +39,29 @@ pub enum ErrorCode {
     StockConflict,
     /// A dependency (the store) cannot be reached right now; retry later.
     Unavailable,
+    /// The tenant (or client) sent more requests than its plan allows; retry after the
+    /// `Retry-After` delay.
+    RateLimited,
+    /// The gateway's upstream service failed or answered with an invalid response.
+    BadGateway,
+    /// The gateway's upstream service did not answer in time.
+    GatewayTimeout,
+    /// Token endpoint (RFC 6749 `invalid_grant`): the password, refresh token or other
+    /// grant is wrong, expired, revoked or was already used.
+    InvalidGrant,
+    /// Token endpoint (RFC 6749 `invalid_client`): the client credentials are wrong.
+    InvalidClient,
+    /// Token endpoint (RFC 6749 `unsupported_grant_type`).
+    UnsupportedGrantType,
+    /// Token endpoint (RFC 6749 `invalid_scope`): a requested scope is unknown or beyond
+    /// the client's.
+    InvalidScope,
     /// A bug or an unexpected failure; details are in the server log, never in the response.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::MalformedRequest,
         ErrorCode::ValidationFailed,
         ErrorCode::PayloadTooLarge,
@@ -60,6 +77,13 @@ impl ErrorCode {
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::StockConflict,
         ErrorCode::Unavailable,
+        ErrorCode::RateLimited,
+        ErrorCode::BadGateway,
+        ErrorCode::GatewayTimeout,
+        ErrorCode::InvalidGrant,
+        ErrorCode::InvalidClient,
+        ErrorCode::UnsupportedGrantType,
+        ErrorCode::InvalidScope,
         ErrorCode::Internal,
     ];
 
@@ -80,6 +104,13 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::StockConflict => "stock_conflict",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BadGateway => "bad_gateway",
+            ErrorCode::GatewayTimeout => "gateway_timeout",
+            ErrorCode::InvalidGrant => "invalid_grant",
+            ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::Internal => "internal",
         }
     }

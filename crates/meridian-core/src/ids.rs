@@ -62,6 +62,10 @@ id_type!(ProductId);
 id_type!(WarehouseId);
 id_type!(OrderId);
 id_type!(ApiKeyId);
+id_type!(
+    /// A person who logs in to a tenant (the auth service's users).
+    UserId
+);
 id_type!(EventId);
 id_type!(LedgerEntryId);
 

@@ -60,3 +60,56 @@ pub(crate) fn order_id_of(
         ))
     })
 }
+
+/// The outbox event of a revocation: `platform.auth.revoked`, whose data is the revocation,
+/// so that every instance can apply it as soon as the bus delivers it.
+pub(crate) fn revocation_event(
+    events: &meridian_core::EventSource,
+    r: &Revocation,
+) -> meridian_core::OutboxEvent {
+    let data = serde_json::to_value(r).expect("a revocation serializes");
+    events.event(
+        "auth",
+        "revoked",
+        r.tenant_id,
+        r.subject.clone(),
+        data,
+        r.at,
+    )
+}
+
+/// Emails are compared lowercase and trimmed; anything without one `@` between non-empty
+/// parts, or longer than 254 characters, is refused.
+pub fn normalize_email(email: &str) -> Result<String, StoreError> {
+    let e = email.trim().to_lowercase();
+    let valid = e.len() <= 254
+        && !e.chars().any(char::is_whitespace)
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'));
+    if valid {
+        Ok(e)
+    } else {
+        Err(StoreError::Validation(
+            meridian_core::ValidationErrors::single("email", "must be an email address"),
+        ))
+    }
+}
+
+/// A plan name: 1 to 50 characters of `a-z`, `0-9`, `_` and `-`.
+pub(crate) fn check_plan(plan: &str) -> Result<String, StoreError> {
+    let ok = !plan.is_empty()
+        && plan.len() <= 50
+        && plan
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(plan.to_owned())
+    } else {
+        Err(StoreError::Validation(
+            meridian_core::ValidationErrors::single(
+                "plan",
+                "must be 1 to 50 characters of a-z, 0-9, _ and -",
+            ),
+        ))
+    }
+}

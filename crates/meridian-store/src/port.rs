@@ -1,6 +1,8 @@
 use async_trait::async_trait;
 use meridian_catalog::{NewProduct, Product, ProductPatch};
-use meridian_core::{ApiKeyId, Envelope, OrderId, Sku, TenantId, Timestamp, Topic, WarehouseCode};
+use meridian_core::{
+    ApiKeyId, Envelope, OrderId, Sku, TenantId, Timestamp, Topic, UserId, WarehouseCode,
+};
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
 use serde::{Deserialize, Serialize};
@@ -13,16 +15,20 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Tenant {
     pub id: TenantId,
     pub name: String,
+    /// The tenant's plan (`standard` unless set): the gateway's rate limits read it.
+    pub plan: String,
     pub created_at: Timestamp,
 }
 
-/// The roles a credential can carry. Issue-2 keys are all `Admin`; users and finer roles
-/// arrive with the auth service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Admin,
-}
+/// The plan a tenant starts on.
+pub const DEFAULT_PLAN: &str = "standard";
+
+pub use meridian_auth::{Permission, Revocation, RevocationKind, Role, Scopes, StoredSigningKey};
+
+/// How long a subject revocation (of a user or an API key) is kept: longer than any access
+/// token lives (the auth configuration refuses longer access-token lifetimes), so every
+/// token it revokes has expired by the time it is forgotten.
+pub const SUBJECT_REVOCATION_HORIZON: chrono::Duration = chrono::Duration::hours(24);
 
 /// An API key as listed: never its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,8 +37,23 @@ pub struct ApiKey {
     pub tenant_id: TenantId,
     pub name: String,
     pub role: Role,
+    /// What the key may do, within its role.
+    pub scopes: Scopes,
     pub created_at: Timestamp,
+    /// After this the key authenticates nothing.
+    pub expires_at: Option<Timestamp>,
+    /// When the key last authenticated a request (recorded at most about once a minute).
+    pub last_used_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+}
+
+/// What to create an API key with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewApiKey {
+    pub name: String,
+    pub role: Role,
+    pub scopes: Scopes,
+    pub expires_at: Option<Timestamp>,
 }
 
 /// A key just created: the only time its token is available.
@@ -42,12 +63,98 @@ pub struct CreatedApiKey {
     pub token: String,
 }
 
+/// Who a credential belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    ApiKey(ApiKeyId),
+    User(UserId),
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::ApiKey(k) => write!(f, "{k}"),
+            Subject::User(u) => write!(f, "{u}"),
+        }
+    }
+}
+
 /// Who is calling: the result of authenticating a credential.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub tenant_id: TenantId,
-    pub key_id: ApiKeyId,
+    pub subject: Subject,
     pub role: Role,
+    /// The credential's scopes (every scope for a user's token).
+    pub scopes: Scopes,
+    /// The tenant's plan.
+    pub plan: String,
+}
+
+impl Principal {
+    /// Whether the principal may do `permission`: its role allows it and its scopes
+    /// include it.
+    pub fn can(&self, permission: Permission) -> bool {
+        self.scopes.contains(permission) && meridian_auth::permits(self.role, permission)
+    }
+}
+
+/// A person who logs in to a tenant. Never carries the password hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub tenant_id: TenantId,
+    /// Lowercase; unique within the tenant.
+    pub email: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+    /// Set when the user is deleted: they can no longer log in and their tokens are revoked.
+    pub disabled_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewUser {
+    pub email: String,
+    /// An argon2id PHC string.
+    pub password_hash: String,
+    pub role: Role,
+}
+
+/// An enabled user with the hash to check a password against.
+#[derive(Clone, Debug)]
+pub struct UserLogin {
+    pub user: User,
+    pub password_hash: String,
+    pub plan: String,
+}
+
+/// A refresh token to record: only the hash of the token is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRefreshToken {
+    pub token_hash: String,
+    /// Every token of one login shares a family; reusing a spent one revokes the family.
+    pub family_id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub expires_at: Timestamp,
+}
+
+/// What presenting a refresh token did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// It was current: it is now spent and the replacement is recorded.
+    Rotated(RefreshedUser),
+    /// Unknown, expired, revoked, or its user is disabled.
+    Invalid,
+    /// It had already been spent: someone replayed it, so its whole family is now revoked.
+    Reused,
+}
+
+/// The user a rotated refresh token belongs to, with the tenant's plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshedUser {
+    pub user: User,
+    pub plan: String,
 }
 
 /// Cursor pagination: at most `limit` items after the opaque `cursor`.
@@ -143,13 +250,86 @@ pub trait Store: Send + Sync + 'static {
     // --- tenancy ---
     async fn create_tenant(&self, name: &str) -> Result<Tenant>;
     async fn get_tenant(&self, tenant: TenantId) -> Result<Tenant>;
-    /// Creates an admin key; the token is returned here and never again.
-    async fn create_api_key(&self, tenant: TenantId, name: &str) -> Result<CreatedApiKey>;
+    /// Sets the tenant's plan (a lowercase label).
+    async fn set_tenant_plan(&self, tenant: TenantId, plan: &str) -> Result<Tenant>;
+    /// Creates an admin key with every scope; the token is returned here and never again.
+    async fn create_api_key(&self, tenant: TenantId, name: &str) -> Result<CreatedApiKey> {
+        self.issue_api_key(
+            tenant,
+            NewApiKey {
+                name: name.to_owned(),
+                role: Role::Admin,
+                scopes: Scopes::ALL,
+                expires_at: None,
+            },
+        )
+        .await
+    }
+    /// Creates a key with the given role, scopes and expiry; the token is returned here and
+    /// never again.
+    async fn issue_api_key(&self, tenant: TenantId, key: NewApiKey) -> Result<CreatedApiKey>;
     async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKey>>;
+    async fn get_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<ApiKey>;
+    /// Revokes the key and records an `api_key` revocation (with its outbox event) in the
+    /// same transaction. Revoking twice is not an error.
     async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()>;
-    /// The principal for a presented token, or `None` if the token is unknown, malformed or
-    /// revoked.
+    /// Gives a live key a new secret; the old secret stops working at once (an
+    /// `api_key_secret` revocation is recorded in the same transaction). `NotFound` for a
+    /// revoked key.
+    async fn rotate_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<CreatedApiKey>;
+    /// Records that the key was used at `at` (callers rate-limit this).
+    async fn touch_api_key(&self, key: ApiKeyId, at: Timestamp) -> Result<()>;
+    /// The principal for a presented token, or `None` if the token is unknown, malformed,
+    /// expired or revoked.
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>>;
+
+    // --- users ---
+    /// `AlreadyExists` if the tenant has a user with this email (compared lowercase).
+    async fn create_user(&self, tenant: TenantId, user: NewUser) -> Result<User>;
+    /// The tenant's users, disabled ones included, oldest first.
+    async fn list_users(&self, tenant: TenantId) -> Result<Vec<User>>;
+    async fn get_user(&self, tenant: TenantId, user: UserId) -> Result<User>;
+    /// Changes the role and revokes the user's tokens (they carry the old role).
+    async fn set_user_role(&self, tenant: TenantId, user: UserId, role: Role) -> Result<User>;
+    /// Disables the user, revokes their refresh tokens and records a `user` revocation, in
+    /// one transaction. Idempotent.
+    async fn disable_user(&self, tenant: TenantId, user: UserId) -> Result<User>;
+    /// The enabled users with this email, in any tenant (the password grant's lookup).
+    async fn user_logins(&self, email: &str) -> Result<Vec<UserLogin>>;
+
+    // --- refresh tokens ---
+    async fn create_refresh_token(&self, token: NewRefreshToken) -> Result<()>;
+    /// Spends the token with this hash and records `next` in its family, atomically. A
+    /// token spent before revokes its whole family.
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        next: NewRefreshToken,
+    ) -> Result<RefreshOutcome>;
+    /// Revokes the family of the token with this hash; `false` if there is no such token.
+    async fn revoke_refresh_token(&self, presented_hash: &str) -> Result<bool>;
+
+    // --- signing keys ---
+    /// Stores a new signing key. With `retire_current_at`, every key still signing is
+    /// retired at that time (not later than its own retirement).
+    async fn add_signing_key(
+        &self,
+        key: &StoredSigningKey,
+        retire_current_at: Option<Timestamp>,
+    ) -> Result<()>;
+    /// Keys not yet expired, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>>;
+
+    // --- revocations ---
+    /// Revokes one access token by `jti` until it expires; with its outbox event.
+    async fn revoke_token(
+        &self,
+        tenant: TenantId,
+        jti: &str,
+        expires_at: Timestamp,
+    ) -> Result<Revocation>;
+    /// Unexpired revocations with `seq > after`, in seq order.
+    async fn revocations_after(&self, after: i64) -> Result<Vec<Revocation>>;
 
     // --- catalog ---
     /// `AlreadyExists` if the tenant has the SKU. Emits `platform.data.product.created`.

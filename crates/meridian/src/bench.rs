@@ -28,7 +28,12 @@ pub enum BenchCommand {
     /// Move messages through a bus backend with one producer and one consumer; report the
     /// amortized publish-to-deliver cost per message.
     Bus(BusArgs),
+    /// Measure what the gateway adds (bearer verification and the rate limit) to a trivial
+    /// route, against the same route without it; report throughput and latency of both.
+    Gateway(gateway::GatewayArgs),
 }
+
+mod gateway;
 
 #[derive(Args, Clone)]
 pub struct BusArgs {
@@ -97,6 +102,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     let args = match command {
         BenchCommand::Orders(args) => args,
         BenchCommand::Bus(args) => return run_bus(args).await,
+        BenchCommand::Gateway(args) => return gateway::run(args).await,
     };
     ensure!(
         args.clients > 0 && args.skus > 0 && args.warehouses > 0,
@@ -196,6 +202,9 @@ async fn start_target(args: &OrdersArgs, client: &reqwest::Client) -> Result<Tar
         }
         other => bail!("invalid --store {other:?}: expected sqlite or postgres"),
     }
+    // One tenant places thousands of orders a second, far past any plan's quota: this
+    // benchmark measures the order path, `bench gateway` measures the limiter.
+    env.push(("MERIDIAN_RATE_LIMIT_POLICY", "off".into()));
     let exe = std::env::current_exe()?;
     let log = std::fs::File::create(dir.path().join("server.log"))?;
     let mut cmd = tokio::process::Command::new(&exe);

@@ -25,6 +25,49 @@ struct FileConfig {
     sqlite_readers: Option<usize>,
     bus_backend: Option<String>,
     bus_url: Option<String>,
+    services: Option<String>,
+    cors_origins: Option<String>,
+    request_timeout_ms: Option<usize>,
+    rate_limits: Option<RateLimitsFile>,
+    gateway: Option<GatewayFile>,
+    auth: Option<crate::auth_config::AuthFile>,
+}
+
+/// `[rate_limits]` in `meridian.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitsFile {
+    policy: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    expected_instances: Option<usize>,
+    redis_timeout_ms: Option<usize>,
+    /// `[rate_limits.plans.<name>]` with `read`, `write` and `auth` quotas.
+    #[serde(default)]
+    plans: std::collections::BTreeMap<String, meridian_gateway::PlanSpec>,
+}
+
+/// `[gateway]` in `meridian.toml`: split-mode routing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    upstreams: Option<String>,
+    connect_timeout_ms: Option<usize>,
+    upstream_timeout_ms: Option<usize>,
+    retries: Option<usize>,
+    breaker_failures: Option<usize>,
+    breaker_cooldown_ms: Option<usize>,
+}
+
+/// The gateway's validated settings: services, rate limits, routing, CORS, time limit.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    pub services: meridian_gateway::Services,
+    pub rate_limit: meridian_gateway::RateLimitConfig,
+    pub upstreams: meridian_gateway::routing::Upstreams,
+    pub proxy: meridian_gateway::ProxyConfig,
+    pub cors_origins: Vec<String>,
+    pub request_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +122,10 @@ pub struct Config {
     pub bus_backend: BusBackend,
     /// The broker URL for `nats` and `rabbitmq`.
     pub bus_url: Option<String>,
+    /// Services, rate limits, upstreams, CORS and the request time limit.
+    pub gateway: GatewaySettings,
+    /// Tokens, signing keys, revocation and login throttling (`MERIDIAN_AUTH_*`).
+    pub auth: crate::auth_config::AuthSettings,
 }
 
 impl Config {
@@ -194,6 +241,16 @@ impl Config {
             );
         }
         let bus_url = pick("BUS_URL", file_config.bus_url).filter(|s| !s.is_empty());
+        let gateway = gateway_settings(
+            &env,
+            GatewayFileParts {
+                services: file_config.services,
+                cors_origins: file_config.cors_origins,
+                request_timeout_ms: file_config.request_timeout_ms,
+                rate_limits: file_config.rate_limits.unwrap_or_default(),
+                gateway: file_config.gateway.unwrap_or_default(),
+            },
+        )?;
         match (bus_backend, &bus_url) {
             (BusBackend::Nats | BusBackend::Rabbitmq, None) => bail!(
                 "BUS_URL is required when BUS_BACKEND={}",
@@ -218,7 +275,12 @@ impl Config {
             ),
             _ => {}
         }
+        let auth =
+            crate::auth_config::AuthSettings::load(file_config.auth.unwrap_or_default(), &env)?;
+        auth.validate()?;
         Ok(Config {
+            gateway,
+            auth,
             bus_backend,
             bus_url,
             storage_backend,
@@ -271,6 +333,140 @@ impl Config {
             ),
         }
     }
+}
+
+struct GatewayFileParts {
+    services: Option<String>,
+    cors_origins: Option<String>,
+    request_timeout_ms: Option<usize>,
+    rate_limits: RateLimitsFile,
+    gateway: GatewayFile,
+}
+
+fn gateway_settings(
+    env: &impl Fn(&str) -> Option<String>,
+    file: GatewayFileParts,
+) -> Result<GatewaySettings> {
+    use meridian_gateway::{BreakerConfig, Plans, Policy, ProxyConfig, RateLimitConfig, Services};
+    use std::time::Duration;
+
+    let pick = |key: &str, file_value: Option<String>| env(key).or(file_value);
+    let ms = |key: &str, file_value: Option<usize>, default: usize, max: usize| {
+        number(env, key, file_value, default, 1..=max).map(|v| Duration::from_millis(v as u64))
+    };
+    let services = match pick("MERIDIAN_SERVICES", file.services) {
+        None => Services::all(),
+        Some(s) => Services::parse(&s)?,
+    };
+    let upstreams = meridian_gateway::routing::parse_upstreams(
+        &pick("MERIDIAN_GATEWAY_UPSTREAMS", file.gateway.upstreams.clone()).unwrap_or_default(),
+        &services,
+    )?;
+    let cors_origins: Vec<String> = pick("MERIDIAN_CORS_ORIGINS", file.cors_origins)
+        .unwrap_or_default()
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    for o in &cors_origins {
+        let ok = o == "*"
+            || ((o.starts_with("http://") || o.starts_with("https://"))
+                && axum::http::HeaderValue::from_str(o).is_ok());
+        if !ok {
+            bail!(
+                "invalid MERIDIAN_CORS_ORIGINS entry {o:?}: expected * or origins such as https://app.example.com"
+            );
+        }
+    }
+    let request_timeout = ms(
+        "MERIDIAN_REQUEST_TIMEOUT_MS",
+        file.request_timeout_ms,
+        30_000,
+        600_000,
+    )?;
+
+    let rl = file.rate_limits;
+    let policy = match pick("MERIDIAN_RATE_LIMIT_POLICY", rl.policy).as_deref() {
+        None | Some("local") => Policy::Local,
+        Some("off") => Policy::Off,
+        Some("redis") => Policy::Redis,
+        Some(other) => {
+            bail!("invalid MERIDIAN_RATE_LIMIT_POLICY={other:?}: expected off, local or redis")
+        }
+    };
+    let redis_url = pick("MERIDIAN_REDIS_URL", rl.redis_url).filter(|s| !s.is_empty());
+    match (policy, &redis_url) {
+        (Policy::Redis, None) => {
+            bail!("MERIDIAN_REDIS_URL is required when MERIDIAN_RATE_LIMIT_POLICY=redis")
+        }
+        (_, Some(u)) if !(u.starts_with("redis://") || u.starts_with("unix://")) => {
+            bail!("invalid MERIDIAN_REDIS_URL: expected a redis:// URL")
+        }
+        _ => {}
+    }
+    let plans = Plans::with_specs(&rl.plans)
+        .map_err(|e| anyhow::anyhow!("invalid [rate_limits.plans] in the config file: {e}"))?;
+    let defaults = RateLimitConfig::default();
+    let rate_limit = RateLimitConfig {
+        policy,
+        redis_url,
+        redis_prefix: pick("MERIDIAN_RATE_LIMIT_REDIS_PREFIX", rl.redis_prefix)
+            .unwrap_or(defaults.redis_prefix),
+        redis_timeout: ms(
+            "MERIDIAN_RATE_LIMIT_REDIS_TIMEOUT_MS",
+            rl.redis_timeout_ms,
+            50,
+            10_000,
+        )?,
+        expected_instances: number(
+            env,
+            "MERIDIAN_RATE_LIMIT_INSTANCES",
+            rl.expected_instances,
+            2,
+            1..=1024,
+        )? as u32,
+        plans,
+        ..defaults
+    };
+    let g = file.gateway;
+    let proxy = ProxyConfig {
+        connect_timeout: ms(
+            "MERIDIAN_UPSTREAM_CONNECT_TIMEOUT_MS",
+            g.connect_timeout_ms,
+            1_000,
+            60_000,
+        )?,
+        request_timeout: ms(
+            "MERIDIAN_UPSTREAM_TIMEOUT_MS",
+            g.upstream_timeout_ms,
+            10_000,
+            600_000,
+        )?,
+        retries: number(env, "MERIDIAN_UPSTREAM_RETRIES", g.retries, 1, 0..=5)? as u32,
+        breaker: BreakerConfig {
+            failure_threshold: number(
+                env,
+                "MERIDIAN_BREAKER_FAILURES",
+                g.breaker_failures,
+                5,
+                1..=1000,
+            )? as u32,
+            cooldown: ms(
+                "MERIDIAN_BREAKER_COOLDOWN_MS",
+                g.breaker_cooldown_ms,
+                5_000,
+                600_000,
+            )?,
+        },
+    };
+    Ok(GatewaySettings {
+        services,
+        rate_limit,
+        upstreams,
+        proxy,
+        cors_origins,
+        request_timeout,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -395,6 +591,94 @@ mod tests {
             let err = format!("{:#}", load(&vars).unwrap_err());
             assert!(err.contains(setting), "{vars:?}: {err}");
         }
+    }
+
+    #[test]
+    fn gateway_settings_are_validated() {
+        let c = load(&[]).unwrap();
+        assert!(c.gateway.services.is_all());
+        assert_eq!(c.gateway.rate_limit.policy, meridian_gateway::Policy::Local);
+        let c = load(&[
+            ("MERIDIAN_SERVICES", "gateway,auth"),
+            (
+                "MERIDIAN_GATEWAY_UPSTREAMS",
+                "catalog=http://127.0.0.1:9001,inventory=http://127.0.0.1:9001,orders=http://127.0.0.1:9002",
+            ),
+            ("MERIDIAN_RATE_LIMIT_POLICY", "redis"),
+            ("MERIDIAN_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("MERIDIAN_CORS_ORIGINS", "https://app.example.com, http://localhost:3000/"),
+        ])
+        .unwrap();
+        assert_eq!(c.gateway.upstreams.len(), 3);
+        assert_eq!(
+            c.gateway.cors_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        let cases = [
+            (
+                vec![("MERIDIAN_SERVICES", "gateway,billing")],
+                "MERIDIAN_SERVICES",
+            ),
+            (
+                vec![("MERIDIAN_SERVICES", "gateway")],
+                "MERIDIAN_GATEWAY_UPSTREAMS",
+            ),
+            (
+                vec![("MERIDIAN_GATEWAY_UPSTREAMS", "orders=http://x:1")],
+                "MERIDIAN_GATEWAY_UPSTREAMS",
+            ),
+            (
+                vec![("MERIDIAN_RATE_LIMIT_POLICY", "fast")],
+                "MERIDIAN_RATE_LIMIT_POLICY",
+            ),
+            (
+                vec![("MERIDIAN_RATE_LIMIT_POLICY", "redis")],
+                "MERIDIAN_REDIS_URL",
+            ),
+            (
+                vec![("MERIDIAN_REDIS_URL", "http://x")],
+                "MERIDIAN_REDIS_URL",
+            ),
+            (
+                vec![("MERIDIAN_CORS_ORIGINS", "app.example.com")],
+                "MERIDIAN_CORS_ORIGINS",
+            ),
+            (
+                vec![("MERIDIAN_BREAKER_FAILURES", "0")],
+                "MERIDIAN_BREAKER_FAILURES",
+            ),
+            (
+                vec![("MERIDIAN_UPSTREAM_TIMEOUT_MS", "soon")],
+                "MERIDIAN_UPSTREAM_TIMEOUT_MS",
+            ),
+        ];
+        for (vars, setting) in cases {
+            let err = format!("{:#}", load(&vars).unwrap_err());
+            assert!(err.contains(setting), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn plans_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meridian.toml");
+        std::fs::write(
+            &path,
+            "[rate_limits]\npolicy = \"local\"\n[rate_limits.plans.standard]\nread = \"5/s burst 10\"\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), |_| None).unwrap();
+        let read = c.gateway.rate_limit.plans.get("standard").read;
+        assert_eq!(read, meridian_gateway::Quota::per_second(5.0, 10));
+        std::fs::write(&path, "[rate_limits.plans.standard]\nread = \"lots\"\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load_from(Some(&path), |_| None).unwrap_err()
+        );
+        assert!(
+            err.contains("rate_limits.plans") && err.contains("read"),
+            "{err}"
+        );
     }
 
     #[test]

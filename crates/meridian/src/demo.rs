@@ -14,11 +14,47 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::server;
 
-/// Kept in the data directory so that a restart of `meridian dev` prints the same key.
+/// Kept in the data directory so that a restart of `meridian dev` prints the same key and
+/// the same demo login.
 #[derive(Serialize, Deserialize)]
 struct DemoTenant {
     tenant_id: TenantId,
     api_key: String,
+    /// The demo owner's login; absent in data directories made before users existed, and
+    /// then created on the next start.
+    #[serde(default)]
+    user: Option<DemoUser>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct DemoUser {
+    email: String,
+    password: String,
+}
+
+const DEMO_EMAIL: &str = "demo@meridian.local";
+
+async fn demo_user(store: &dyn Store, tenant: TenantId) -> Result<DemoUser> {
+    let password = meridian_auth::password::generate();
+    let hash = {
+        let p = password.clone();
+        tokio::task::spawn_blocking(move || meridian_auth::password::hash(&p)).await?
+    };
+    store
+        .create_user(
+            tenant,
+            meridian_store::NewUser {
+                email: DEMO_EMAIL.into(),
+                password_hash: hash,
+                role: meridian_store::Role::Owner,
+            },
+        )
+        .await
+        .context("cannot create the demo user")?;
+    Ok(DemoUser {
+        email: DEMO_EMAIL.into(),
+        password,
+    })
 }
 
 const WAREHOUSES: &[(&str, &str, i32)] = &[
@@ -105,6 +141,12 @@ pub async fn run_dev(config: Config) -> Result<()> {
     let store = server::open_store(&config).await?;
     let marker = config.data_dir.join("demo-tenant.json");
     let demo = match read_marker(&marker)? {
+        Some(mut demo) if demo.user.is_none() => {
+            demo.user = Some(demo_user(store.as_ref(), demo.tenant_id).await?);
+            std::fs::write(&marker, serde_json::to_vec_pretty(&demo)?)
+                .with_context(|| format!("cannot write {}", marker.display()))?;
+            demo
+        }
         Some(demo) => demo,
         None => {
             let demo = seed(store.as_ref())
@@ -124,11 +166,20 @@ pub async fn run_dev(config: Config) -> Result<()> {
             println!("  OpenAPI:       http://{addr}/openapi.json");
             println!("  demo tenant:   {}", demo.tenant_id);
             println!("  demo API key:  {}", demo.api_key);
+            if let Some(user) = &demo.user {
+                println!("  demo login:    {} / {}", user.email, user.password);
+            }
             println!();
             println!(
                 "  try: curl -H 'Authorization: Bearer {}' http://{addr}/v1/inventory/LAST-ONE",
                 demo.api_key
             );
+            if let Some(user) = &demo.user {
+                println!(
+                    "  or log in: curl -d grant_type=password -d username={} -d password={} http://{addr}/v1/auth/token",
+                    user.email, user.password
+                );
+            }
         }
     });
     let result = server::serve_with(config, Arc::clone(&store), Some(tx)).await;
@@ -187,9 +238,11 @@ async fn seed(store: &dyn Store) -> Result<DemoTenant> {
             }
         }
     }
+    let user = demo_user(store, tenant.id).await?;
     tracing::info!(tenant.id = %tenant.id, "created the demo tenant");
     Ok(DemoTenant {
         tenant_id: tenant.id,
         api_key: key.token,
+        user: Some(user),
     })
 }

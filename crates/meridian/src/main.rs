@@ -1,6 +1,8 @@
 //! The `meridian` binary: command line, configuration and the wiring of backends. The
 //! behaviour lives in the library crates; this crate only assembles them.
 
+mod auth_cli;
+mod auth_config;
 mod bench;
 mod config;
 mod demo;
@@ -34,13 +36,29 @@ enum Command {
     /// Everything in one process on embedded defaults, with a demo tenant on first start.
     Dev,
     /// Serve the API with the configured backends (for production).
-    Serve,
+    Serve {
+        /// The services this process runs: `all` (the default), or a list such as
+        /// `gateway` or `catalog,inventory`; a gateway forwards the others to
+        /// MERIDIAN_GATEWAY_UPSTREAMS.
+        #[arg(long, env = "MERIDIAN_SERVICES")]
+        services: Option<String>,
+    },
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Manage tenants.
     Tenants {
         #[command(subcommand)]
         command: TenantsCommand,
+    },
+    /// JWT signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: auth_cli::KeysCommand,
+    },
+    /// Users of a tenant.
+    Users {
+        #[command(subcommand)]
+        command: auth_cli::UsersCommand,
     },
     /// Inventory maintenance.
     Stock {
@@ -67,6 +85,9 @@ enum TenantsCommand {
         /// Print exactly {"tenant_id": "...", "api_key": "..."} on stdout.
         #[arg(long)]
         json: bool,
+        /// Also create an owner user with this email (its password is printed once).
+        #[arg(long)]
+        owner_email: Option<String>,
     },
 }
 
@@ -126,13 +147,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         init_logging(LogFormat::Text, "warn");
         return bench::run(command).await.map(|()| ExitCode::SUCCESS);
     }
-    let config = Config::load(cli.config.as_deref())?;
+    let config = match &cli.command {
+        Command::Serve {
+            services: Some(services),
+        } => Config::load_from(cli.config.as_deref(), |k| {
+            if k == "MERIDIAN_SERVICES" {
+                Some(services.clone())
+            } else {
+                std::env::var(k).ok()
+            }
+        })?,
+        _ => Config::load(cli.config.as_deref())?,
+    };
     match cli.command {
         Command::Dev => {
             init_logging(config.log_format, "info");
             demo::run_dev(config).await?;
         }
-        Command::Serve => {
+        Command::Serve { .. } => {
             init_logging(config.log_format, "info");
             server::serve(config, None).await?;
         }
@@ -142,7 +174,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("schema of the {} store is up to date", store.backend());
         }
         Command::Tenants {
-            command: TenantsCommand::Create { name, json },
+            command:
+                TenantsCommand::Create {
+                    name,
+                    json,
+                    owner_email,
+                },
         } => {
             init_logging(config.log_format, "warn");
             let store = server::open_store(&config).await?;
@@ -154,13 +191,46 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .create_api_key(tenant.id, "admin")
                 .await
                 .context("cannot create the API key")?;
+            let owner = match owner_email {
+                Some(email) => Some(
+                    auth_cli::create_user(
+                        store.as_ref(),
+                        tenant.id,
+                        &email,
+                        meridian_store::Role::Owner,
+                        auth_cli::generated_password(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
             if json {
-                let out = serde_json::json!({"tenant_id": tenant.id, "api_key": key.token});
+                let mut out = serde_json::json!({"tenant_id": tenant.id, "api_key": key.token});
+                if let Some((user, password)) = &owner {
+                    out["owner"] = serde_json::json!({
+                        "user_id": user.id,
+                        "email": user.email,
+                        "password": password,
+                    });
+                }
                 println!("{out}");
             } else {
                 println!("tenant {} ({})", tenant.name, tenant.id);
                 println!("api key {} (shown once; store it now)", key.token);
+                if let Some((user, password)) = &owner {
+                    auth_cli::print_user(user, password.as_deref());
+                }
             }
+        }
+        Command::Keys { command } => {
+            init_logging(config.log_format, "warn");
+            let store = server::open_store(&config).await?;
+            auth_cli::keys(&config, store.as_ref(), command).await?;
+        }
+        Command::Users { command } => {
+            init_logging(config.log_format, "warn");
+            let store = server::open_store(&config).await?;
+            auth_cli::users(store.as_ref(), command).await?;
         }
         Command::Stock {
             command: StockCommand::Reconcile { tenant },

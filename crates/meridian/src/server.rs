@@ -1,6 +1,7 @@
 //! Opening the store and the bus, and serving the API until a shutdown signal, with the
 //! outbox relay and the order-events projection running beside it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,6 +153,15 @@ pub async fn serve_with(
     // Before anything registers a metric: a handle taken before the recorder exists
     // records nothing.
     meridian_api::install_metrics();
+    // In split mode only the process that runs the orders service carries the bus, the
+    // outbox relay and the order-events consumer; a gateway or a catalog process does not.
+    if !config
+        .gateway
+        .services
+        .contains(meridian_gateway::Service::Orders)
+    {
+        return serve_api(config, store, None, ready).await;
+    }
     let bus: Arc<dyn Bus> = Arc::new(meridian_bus::MeteredBus::new(open_bus(&config).await?));
     tracing::info!(bus = bus.name(), "bus open");
     // The consumer must exist before the relay publishes, or a broker that keeps messages
@@ -168,7 +178,7 @@ pub async fn serve_with(
         Err(_) => tracing::warn!("declaring the order-events consumer timed out"),
     }
     let background = Background::start(&config, &store, &bus);
-    let result = serve_api(config, store, bus, ready).await;
+    let result = serve_api(config, store, Some(bus), ready).await;
     background.stop().await;
     tracing::info!("meridian stopped");
     result
@@ -177,23 +187,65 @@ pub async fn serve_with(
 async fn serve_api(
     config: Config,
     store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    bus: Option<Arc<dyn Bus>>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<()> {
+    let settings = &config.gateway;
+    // Only the gateway limits: split-mode services behind it would count requests twice.
+    let rate_limiter = if settings
+        .services
+        .contains(meridian_gateway::Service::Gateway)
+    {
+        Some(
+            meridian_gateway::RateLimiter::start(settings.rate_limit.clone())
+                .context("cannot start the rate limiter")?,
+        )
+    } else {
+        None
+    };
+    let proxy = (!settings.upstreams.is_empty()).then(|| {
+        Arc::new(meridian_gateway::Proxy::new(
+            settings.upstreams.clone(),
+            settings.proxy,
+        ))
+    });
+    let auth = meridian_api::auth::AuthService::start(
+        store.clone(),
+        crate::auth_config::auth_config(&config)?,
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+    .context("cannot start the auth service")?;
+    if let Some(bus) = &bus {
+        auth.listen(Arc::clone(bus), &config.deployment_id);
+    }
     let state = AppState {
+        auth,
         store,
-        bus: Some(bus),
+        bus,
         metrics: meridian_api::install_metrics(),
         config: ApiConfig {
             body_limit_bytes: config.body_limit_bytes,
-            ..ApiConfig::default()
+            request_timeout: settings.request_timeout,
+            gateway: meridian_api::GatewayConfig {
+                services: settings.services.clone(),
+                rate_limiter,
+                proxy,
+                cors_origins: settings.cors_origins.clone(),
+            },
         },
     };
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on MERIDIAN_BIND={}", config.bind))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, backend = state.store.backend(), "meridian is serving");
+    tracing::info!(
+        %addr,
+        backend = state.store.backend(),
+        services = %state.config.gateway.services,
+        rate_limits = state.config.gateway.rate_limiter.as_ref().map(|l| l.policy().as_str()),
+        "meridian is serving"
+    );
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
@@ -202,7 +254,9 @@ async fn serve_api(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, meridian_api::router(state))
+    // With the peer address, so the token endpoint can be rate limited per client IP.
+    let app = meridian_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;

@@ -3,11 +3,13 @@
 //! [`Problem`](crate::problem::Problem) on every error.
 
 pub mod api_keys;
+pub mod auth;
 pub mod dead_letters;
 pub mod inventory;
 pub mod ops;
 pub mod orders;
 pub mod products;
+pub mod users;
 pub mod warehouses;
 
 use meridian_core::{Currency, Money, ValidationErrors};

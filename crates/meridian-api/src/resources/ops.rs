@@ -35,6 +35,38 @@ pub struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "embedded")]
     pub bus_backend: Option<&'static str>,
+    /// In split mode, the services this process runs, such as `catalog,inventory`; absent
+    /// in the all-in-one mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "catalog,inventory")]
+    pub services: Option<String>,
+    /// The rate limits of a process that runs the gateway. A degraded limiter (Redis cannot
+    /// be reached; each instance enforces its share locally) does not make the API unready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitReadiness>,
+    /// In split mode: each upstream the gateway forwards to, with its circuit state.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamReadiness>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitReadiness {
+    /// `off`, `local` or `redis`.
+    #[schema(example = "redis")]
+    pub policy: &'static str,
+    /// True while Redis cannot be reached and a conservative per-instance limit decides.
+    pub degraded: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamReadiness {
+    #[schema(example = "orders")]
+    pub service: &'static str,
+    #[schema(example = "http://127.0.0.1:9001/")]
+    pub url: String,
+    /// `closed` (healthy), `open` (failing; requests are refused at once) or `half_open`.
+    #[schema(example = "closed")]
+    pub circuit: &'static str,
 }
 
 /// How long `/readyz` waits for the bus before calling it unavailable.
@@ -75,12 +107,45 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Pr
         })
     };
     let (store, bus) = tokio::join!(state.store.ping(), bus);
+    let gateway = &state.config.gateway;
+    let rate_limit = gateway
+        .rate_limiter
+        .as_ref()
+        .filter(|_| {
+            gateway
+                .services
+                .contains(meridian_gateway::Service::Gateway)
+        })
+        .map(|l| {
+            let s = l.status();
+            RateLimitReadiness {
+                policy: s.policy,
+                degraded: s.degraded,
+            }
+        });
+    let upstreams = gateway
+        .proxy
+        .as_ref()
+        .map(|p| {
+            p.upstreams()
+                .into_iter()
+                .map(|(service, url, circuit)| UpstreamReadiness {
+                    service: service.as_str(),
+                    url,
+                    circuit: circuit.as_str(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     match store {
         Ok(()) => Ok(Json(Readiness {
             status: "ready",
             store: state.store.backend(),
             bus,
             bus_backend: state.bus.as_ref().map(|b| b.name()),
+            services: (!gateway.services.is_all()).then(|| gateway.services.to_string()),
+            rate_limit,
+            upstreams,
         })),
         Err(e) => {
             tracing::error!(error = %e, "readiness check failed");

@@ -70,7 +70,12 @@ async fn key_names_are_validated() {
             .problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
         assert_eq!(TestResponse::error_fields(&p), ["name"]);
     }
-    app.post("/v1/api-keys", json!({"name": "k", "role": "root"}))
+    let p = app
+        .post("/v1/api-keys", json!({"name": "k", "role": "root"}))
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(TestResponse::error_fields(&p), ["role"]);
+    app.post("/v1/api-keys", json!({"name": "k", "colour": "red"}))
         .await
         .problem(StatusCode::BAD_REQUEST, "malformed_request");
     let keys = app.get("/v1/api-keys").await.json();

@@ -3,6 +3,7 @@
 //! nothing), tenant isolation, the happy path of every route, and the OpenAPI document.
 
 mod api_keys;
+mod auth;
 mod dead_letters;
 mod errors;
 mod inventory;

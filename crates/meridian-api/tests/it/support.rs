@@ -18,6 +18,9 @@ use tower::ServiceExt;
 pub struct TestApp {
     router: Router,
     pub store: Arc<dyn Store>,
+    pub auth: Arc<meridian_api::auth::AuthService>,
+    /// The key the app's signing keys are sealed with (to forge tokens in tests).
+    pub master_key: meridian_auth::MasterKey,
     /// The default caller's tenant and token ("tenant A").
     pub tenant: TenantId,
     pub token: String,
@@ -30,15 +33,24 @@ impl TestApp {
     }
 
     pub async fn with_config(config: ApiConfig) -> Self {
-        Self::build(config, None).await
+        Self::build(config, None, |_| {}).await
+    }
+
+    /// The app with auth settings changed by `f` (throttle limits, TTLs).
+    pub async fn with_auth(f: impl FnOnce(&mut meridian_api::auth::AuthConfig)) -> Self {
+        Self::build(ApiConfig::default(), None, f).await
     }
 
     /// The app with a bus wired into its state (for `/readyz`).
     pub async fn with_bus(bus: Arc<dyn meridian_bus::Bus>) -> Self {
-        Self::build(ApiConfig::default(), Some(bus)).await
+        Self::build(ApiConfig::default(), Some(bus), |_| {}).await
     }
 
-    async fn build(config: ApiConfig, bus: Option<Arc<dyn meridian_bus::Bus>>) -> Self {
+    async fn build(
+        config: ApiConfig,
+        bus: Option<Arc<dyn meridian_bus::Bus>>,
+        auth_config: impl FnOnce(&mut meridian_api::auth::AuthConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = meridian_store::open(
             StoreConfig::Sqlite(SqliteConfig {
@@ -49,15 +61,24 @@ impl TestApp {
         )
         .await
         .expect("open the SQLite store");
+        let master_key = meridian_auth::MasterKey::generate();
+        let mut auth_settings = meridian_api::auth::AuthConfig::new(master_key.clone());
+        auth_config(&mut auth_settings);
+        let auth = meridian_api::auth::AuthService::start(store.clone(), auth_settings)
+            .await
+            .expect("start the auth service");
         let state = AppState {
             store: store.clone(),
             bus,
             metrics: install_metrics(),
             config,
+            auth: auth.clone(),
         };
         let (tenant, token) = create_tenant(store.as_ref(), "tenant-a").await;
         Self {
             router: router(state),
+            auth,
+            master_key,
             store,
             tenant,
             token,

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_relay_inbox_projection_dead_letters.sql"),
     ),
+    (4, include_str!("../../migrations/postgres/0004_auth.sql")),
 ];
 
 /// Creates `schema` if given and applies every pending migration to it.

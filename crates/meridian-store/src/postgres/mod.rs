@@ -41,16 +41,17 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use meridian_catalog::{NewProduct, Product, ProductPatch};
 use meridian_core::{
-    ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, ValidationErrors,
-    WarehouseCode,
+    ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, Timestamp, UserId,
+    ValidationErrors, WarehouseCode,
 };
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
 use tokio_postgres::NoTls;
 
 use crate::{
-    ApiKey, CreatedApiKey, DeadLetterRecord, OrderEvent, OutboxRecord, Page, PageRequest,
-    Principal, Result, Store, StoreError, Tenant,
+    ApiKey, CreatedApiKey, DeadLetterRecord, NewApiKey, NewRefreshToken, NewUser, OrderEvent,
+    OutboxRecord, Page, PageRequest, Principal, RefreshOutcome, Result, Revocation, Role, Store,
+    StoreError, StoredSigningKey, Tenant, User, UserLogin,
 };
 
 /// The transaction-scoped advisory lock every writer holds from its outbox append until it
@@ -223,20 +224,101 @@ impl Store for PgStore {
         tenancy::get_tenant(self, tenant).await
     }
 
-    async fn create_api_key(&self, tenant: TenantId, name: &str) -> Result<CreatedApiKey> {
-        tenancy::create_api_key(self, tenant, name).await
+    async fn set_tenant_plan(&self, tenant: TenantId, plan: &str) -> Result<Tenant> {
+        tenancy::set_tenant_plan(self, tenant, plan).await
+    }
+
+    async fn issue_api_key(&self, tenant: TenantId, key: NewApiKey) -> Result<CreatedApiKey> {
+        tenancy::issue_api_key(self, tenant, key).await
     }
 
     async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKey>> {
         tenancy::list_api_keys(self, tenant).await
     }
 
+    async fn get_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<ApiKey> {
+        tenancy::get_api_key(self, tenant, key).await
+    }
+
     async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()> {
         tenancy::revoke_api_key(self, tenant, key).await
     }
 
+    async fn rotate_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<CreatedApiKey> {
+        tenancy::rotate_api_key(self, tenant, key).await
+    }
+
+    async fn touch_api_key(&self, key: ApiKeyId, at: Timestamp) -> Result<()> {
+        tenancy::touch_api_key(self, key, at).await
+    }
+
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
         tenancy::authenticate(self, token).await
+    }
+
+    async fn create_user(&self, tenant: TenantId, user: NewUser) -> Result<User> {
+        tenancy::create_user(self, tenant, user).await
+    }
+
+    async fn list_users(&self, tenant: TenantId) -> Result<Vec<User>> {
+        tenancy::list_users(self, tenant).await
+    }
+
+    async fn get_user(&self, tenant: TenantId, user: UserId) -> Result<User> {
+        tenancy::get_user(self, tenant, user).await
+    }
+
+    async fn set_user_role(&self, tenant: TenantId, user: UserId, role: Role) -> Result<User> {
+        tenancy::set_user_role(self, tenant, user, role).await
+    }
+
+    async fn disable_user(&self, tenant: TenantId, user: UserId) -> Result<User> {
+        tenancy::disable_user(self, tenant, user).await
+    }
+
+    async fn user_logins(&self, email: &str) -> Result<Vec<UserLogin>> {
+        tenancy::user_logins(self, email).await
+    }
+
+    async fn create_refresh_token(&self, token: NewRefreshToken) -> Result<()> {
+        tenancy::create_refresh_token(self, token).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        next: NewRefreshToken,
+    ) -> Result<RefreshOutcome> {
+        tenancy::rotate_refresh_token(self, presented_hash, next).await
+    }
+
+    async fn revoke_refresh_token(&self, presented_hash: &str) -> Result<bool> {
+        tenancy::revoke_refresh_token(self, presented_hash).await
+    }
+
+    async fn add_signing_key(
+        &self,
+        key: &StoredSigningKey,
+        retire_current_at: Option<Timestamp>,
+    ) -> Result<()> {
+        tenancy::add_signing_key(self, key, retire_current_at).await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>> {
+        tenancy::signing_keys(self).await
+    }
+
+    async fn revoke_token(
+        &self,
+        tenant: TenantId,
+        jti: &str,
+        expires_at: Timestamp,
+    ) -> Result<Revocation> {
+        tenancy::revoke_token(self, tenant, jti, expires_at).await
+    }
+
+    async fn revocations_after(&self, after: i64) -> Result<Vec<Revocation>> {
+        tenancy::revocations_after(self, after).await
     }
 
     async fn create_product(&self, tenant: TenantId, product: NewProduct) -> Result<Product> {

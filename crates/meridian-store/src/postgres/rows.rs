@@ -54,20 +54,29 @@ pub(super) fn tenant(row: &Row) -> Result<Tenant> {
     Ok(Tenant {
         id: TenantId::from_uuid(uuid(row, "id")?),
         name: get(row, "name")?,
+        plan: get(row, "plan")?,
         created_at: get(row, "created_at")?,
     })
 }
 
 pub(super) fn role(s: &str) -> Result<Role> {
-    match s {
-        "admin" => Ok(Role::Admin),
-        other => Err(corrupt("role", format!("unknown role {other:?}"))),
-    }
+    Role::parse(s).ok_or_else(|| corrupt("role", format!("unknown role {s:?}")))
 }
 
 pub(super) fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
+    role.as_str()
+}
+
+pub(super) fn scopes(s: &str) -> Result<crate::Scopes> {
+    crate::Scopes::parse(s).map_err(|e| corrupt("scopes", e))
+}
+
+/// Scopes as stored: space-separated names, `*` for every scope.
+pub(super) fn scopes_str(s: crate::Scopes) -> String {
+    if s == crate::Scopes::ALL {
+        "*".to_owned()
+    } else {
+        s.to_claim()
     }
 }
 
@@ -77,7 +86,10 @@ pub(super) fn api_key(row: &Row) -> Result<ApiKey> {
         tenant_id: TenantId::from_uuid(uuid(row, "tenant_id")?),
         name: get(row, "name")?,
         role: role(get(row, "role")?)?,
+        scopes: scopes(get(row, "scopes")?)?,
         created_at: get(row, "created_at")?,
+        expires_at: get(row, "expires_at")?,
+        last_used_at: get(row, "last_used_at")?,
         revoked_at: get(row, "revoked_at")?,
     })
 }

@@ -31,7 +31,8 @@ pub(super) const ORDER_COLUMNS: &str = "id, tenant_id, status, allocation, lines
 pub(super) const LEDGER_COLUMNS: &str = "seq, id, tenant_id, warehouse_id, sku, kind, \
      on_hand_delta, reserved_delta, on_hand_after, reserved_after, reason, order_id, created_at";
 
-pub(super) const API_KEY_COLUMNS: &str = "id, tenant_id, name, role, created_at, revoked_at";
+pub(super) const API_KEY_COLUMNS: &str =
+    "id, tenant_id, name, role, scopes, created_at, expires_at, last_used_at, revoked_at";
 
 // --- locks ---
 

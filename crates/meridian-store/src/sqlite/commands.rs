@@ -4,8 +4,7 @@
 
 use meridian_catalog::{NewProduct, Product, ProductPatch};
 use meridian_core::{
-    ApiKeyId, EventSource, OrderId, Sku, TenantId, Timestamp, ValidationErrors, WarehouseCode,
-    WarehouseId,
+    EventSource, OrderId, Sku, TenantId, Timestamp, ValidationErrors, WarehouseCode, WarehouseId,
 };
 use meridian_inventory::{LedgerEntry, Movement, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction};
@@ -16,7 +15,7 @@ use super::conn::immediate;
 use super::error::{is_foreign_key_violation, is_unique_violation};
 use super::queries;
 use super::rows::{insert_ledger, insert_outbox, to_json, ts};
-use crate::{ApiKey, ApiKeySecret, CreatedApiKey, Role, StoreError, Tenant};
+use crate::{StoreError, Tenant};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -24,7 +23,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 const MAX_LABEL_LEN: usize = 200;
 
 /// Checks a human-readable name: not blank, at most [`MAX_LABEL_LEN`] characters.
-fn check_label(field: &str, value: &str) -> Result<String> {
+pub(super) fn check_label(field: &str, value: &str) -> Result<String> {
     let n = value.chars().count();
     let problem = if value.trim().is_empty() {
         "must not be blank".to_owned()
@@ -44,6 +43,7 @@ pub(super) fn create_tenant(conn: &mut Connection, name: &str) -> Result<Tenant>
     let tenant = Tenant {
         id: TenantId::new(),
         name: check_label("name", name)?,
+        plan: crate::DEFAULT_PLAN.to_owned(),
         created_at: meridian_core::now(),
     };
     immediate(conn, |tx| {
@@ -56,65 +56,6 @@ pub(super) fn create_tenant(conn: &mut Connection, name: &str) -> Result<Tenant>
         Ok(())
     })?;
     Ok(tenant)
-}
-
-pub(super) fn create_api_key(
-    conn: &mut Connection,
-    tenant: TenantId,
-    name: &str,
-) -> Result<CreatedApiKey> {
-    let name = check_label("name", name)?;
-    let secret = ApiKeySecret::generate();
-    let key = ApiKey {
-        id: secret.id,
-        tenant_id: tenant,
-        name,
-        role: Role::Admin,
-        created_at: meridian_core::now(),
-        revoked_at: None,
-    };
-    immediate(conn, |tx| {
-        // Checked explicitly (rather than by the foreign key) to answer NotFound for the
-        // tenant instead of a constraint error.
-        queries::get_tenant(tx, tenant)?;
-        tx.prepare_cached(
-            "INSERT INTO api_keys (id, tenant_id, name, role, secret_hash, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            key.id.to_string(),
-            tenant.to_string(),
-            key.name,
-            super::rows::role_str(key.role),
-            secret.hash,
-            ts(&key.created_at),
-        ])?;
-        Ok(())
-    })?;
-    Ok(CreatedApiKey {
-        key,
-        token: secret.token,
-    })
-}
-
-/// Revoking an already revoked key succeeds and keeps the first revocation time.
-pub(super) fn revoke_api_key(conn: &mut Connection, tenant: TenantId, key: ApiKeyId) -> Result<()> {
-    immediate(conn, |tx| {
-        let n = tx
-            .prepare_cached(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?1) \
-                 WHERE tenant_id = ?2 AND id = ?3",
-            )?
-            .execute(params![
-                ts(&meridian_core::now()),
-                tenant.to_string(),
-                key.to_string()
-            ])?;
-        if n == 0 {
-            return Err(StoreError::not_found("api key", key));
-        }
-        Ok(())
-    })
 }
 
 // --- catalog ---

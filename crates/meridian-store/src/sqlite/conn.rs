@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_relay_inbox_projection_dead_letters.sql"),
     ),
+    (4, include_str!("../../migrations/sqlite/0004_auth.sql")),
 ];
 
 /// The schema version this build writes.
@@ -116,7 +117,13 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
              {SCHEMA_VERSION}; upgrade meridian"
         )));
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    // Every migration not yet recorded, not only those above the highest: versions can
+    // land out of order (a branch's 0004 before main's 0003).
+    let applied: std::collections::HashSet<i64> = tx
+        .prepare("SELECT version FROM schema_migrations")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| !applied.contains(v)) {
         tx.execute_batch(sql).map_err(|e| {
             tracing::error!(error = %e, version, "sqlite migration failed");
             StoreError::Internal(format!("sqlite migration {version} failed"))

@@ -16,6 +16,7 @@
 //!
 //! No lock is ever held across an `.await`: async code only sends jobs and awaits answers.
 
+mod auth;
 mod checkpoint;
 mod commands;
 mod conn;
@@ -33,7 +34,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use meridian_catalog::{NewProduct, Product, ProductPatch};
 use meridian_core::{
-    ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, WarehouseCode,
+    ApiKeyId, Envelope, EventId, EventSource, OrderId, Sku, TenantId, Timestamp, UserId,
+    WarehouseCode,
 };
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
@@ -47,8 +49,9 @@ use self::error::lost;
 use self::readers::Readers;
 use self::writer::Writer;
 use crate::{
-    ApiKey, CreatedApiKey, DeadLetterRecord, OrderEvent, OutboxRecord, Page, PageRequest,
-    Principal, Result, Store, StoreError, Tenant,
+    ApiKey, CreatedApiKey, DeadLetterRecord, NewApiKey, NewRefreshToken, NewUser, OrderEvent,
+    OutboxRecord, Page, PageRequest, Principal, RefreshOutcome, Result, Revocation, Role, Store,
+    StoreError, StoredSigningKey, Tenant, User, UserLogin,
 };
 
 #[derive(Clone, Debug)]
@@ -176,26 +179,146 @@ impl Store for SqliteStore {
         self.read(move |c| queries::get_tenant(c, tenant)).await
     }
 
-    async fn create_api_key(&self, tenant: TenantId, name: &str) -> Result<CreatedApiKey> {
-        let name = name.to_owned();
+    async fn set_tenant_plan(&self, tenant: TenantId, plan: &str) -> Result<Tenant> {
+        let plan = plan.to_owned();
         self.writer
-            .write(move |c| commands::create_api_key(c, tenant, &name))
+            .write(move |c| auth::set_tenant_plan(c, tenant, &plan))
+            .await
+    }
+
+    async fn issue_api_key(&self, tenant: TenantId, key: NewApiKey) -> Result<CreatedApiKey> {
+        self.writer
+            .write(move |c| auth::issue_api_key(c, tenant, key))
             .await
     }
 
     async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKey>> {
-        self.read(move |c| queries::list_api_keys(c, tenant)).await
+        self.read(move |c| auth::list_api_keys(c, tenant)).await
+    }
+
+    async fn get_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<ApiKey> {
+        self.read(move |c| auth::get_api_key(c, tenant, key)).await
     }
 
     async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()> {
+        let events = self.events.clone();
         self.writer
-            .write(move |c| commands::revoke_api_key(c, tenant, key))
+            .write(move |c| auth::revoke_api_key(c, &events, tenant, key))
+            .await
+    }
+
+    async fn rotate_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<CreatedApiKey> {
+        let events = self.events.clone();
+        self.writer
+            .write(move |c| auth::rotate_api_key(c, &events, tenant, key))
+            .await
+    }
+
+    async fn touch_api_key(&self, key: ApiKeyId, at: Timestamp) -> Result<()> {
+        self.writer
+            .write(move |c| auth::touch_api_key(c, key, at))
             .await
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
         let token = token.to_owned();
-        self.read(move |c| queries::authenticate(c, &token)).await
+        self.read(move |c| auth::authenticate(c, &token)).await
+    }
+
+    // --- users ---
+
+    async fn create_user(&self, tenant: TenantId, user: NewUser) -> Result<User> {
+        self.writer
+            .write(move |c| auth::create_user(c, tenant, user))
+            .await
+    }
+
+    async fn list_users(&self, tenant: TenantId) -> Result<Vec<User>> {
+        self.read(move |c| auth::list_users(c, tenant)).await
+    }
+
+    async fn get_user(&self, tenant: TenantId, user: UserId) -> Result<User> {
+        self.read(move |c| auth::get_user(c, tenant, user)).await
+    }
+
+    async fn set_user_role(&self, tenant: TenantId, user: UserId, role: Role) -> Result<User> {
+        let events = self.events.clone();
+        self.writer
+            .write(move |c| auth::set_user_role(c, &events, tenant, user, role))
+            .await
+    }
+
+    async fn disable_user(&self, tenant: TenantId, user: UserId) -> Result<User> {
+        let events = self.events.clone();
+        self.writer
+            .write(move |c| auth::disable_user(c, &events, tenant, user))
+            .await
+    }
+
+    async fn user_logins(&self, email: &str) -> Result<Vec<UserLogin>> {
+        let email = email.to_owned();
+        self.read(move |c| auth::user_logins(c, &email)).await
+    }
+
+    // --- refresh tokens ---
+
+    async fn create_refresh_token(&self, token: NewRefreshToken) -> Result<()> {
+        self.writer
+            .write(move |c| auth::create_refresh_token(c, token))
+            .await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        next: NewRefreshToken,
+    ) -> Result<RefreshOutcome> {
+        let hash = presented_hash.to_owned();
+        self.writer
+            .write(move |c| auth::rotate_refresh_token(c, &hash, next))
+            .await
+    }
+
+    async fn revoke_refresh_token(&self, presented_hash: &str) -> Result<bool> {
+        let hash = presented_hash.to_owned();
+        self.writer
+            .write(move |c| auth::revoke_refresh_token(c, &hash))
+            .await
+    }
+
+    // --- signing keys ---
+
+    async fn add_signing_key(
+        &self,
+        key: &StoredSigningKey,
+        retire_current_at: Option<Timestamp>,
+    ) -> Result<()> {
+        let key = key.clone();
+        self.writer
+            .write(move |c| auth::add_signing_key(c, &key, retire_current_at))
+            .await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>> {
+        self.read(|c| auth::signing_keys(c)).await
+    }
+
+    // --- revocations ---
+
+    async fn revoke_token(
+        &self,
+        tenant: TenantId,
+        jti: &str,
+        expires_at: Timestamp,
+    ) -> Result<Revocation> {
+        let (events, jti) = (self.events.clone(), jti.to_owned());
+        self.writer
+            .write(move |c| auth::revoke_token(c, &events, tenant, &jti, expires_at))
+            .await
+    }
+
+    async fn revocations_after(&self, after: i64) -> Result<Vec<Revocation>> {
+        self.read(move |c| auth::revocations_after(c, after)).await
     }
 
     // --- catalog ---

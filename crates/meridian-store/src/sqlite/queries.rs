@@ -13,14 +13,10 @@ use meridian_orders::{Order, OrderStatus};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{
-    self, api_key_columns, ledger_columns, level_columns, order_columns, parsed, product_columns,
-    tenant_columns, warehouse_columns,
+    self, ledger_columns, level_columns, order_columns, parsed, product_columns, tenant_columns,
+    warehouse_columns,
 };
-use crate::keys::{hashes_equal, parse_api_key};
-use crate::{
-    ApiKey, OutboxRecord, Page, PageRequest, Principal, StoreError, Tenant, decode_cursor,
-    encode_cursor,
-};
+use crate::{OutboxRecord, Page, PageRequest, StoreError, Tenant, decode_cursor, encode_cursor};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -74,52 +70,6 @@ pub(super) fn get_tenant(conn: &Connection, tenant: TenantId) -> Result<Tenant> 
     .query_row(params![tenant.to_string()], rows::tenant)
     .optional()?
     .ok_or_else(|| StoreError::not_found("tenant", tenant))
-}
-
-pub(super) fn list_api_keys(conn: &Connection, tenant: TenantId) -> Result<Vec<ApiKey>> {
-    let mut stmt = conn.prepare_cached(concat!(
-        "SELECT ",
-        api_key_columns!(),
-        " FROM api_keys WHERE tenant_id = ?1 ORDER BY id"
-    ))?;
-    let keys = stmt
-        .query_map(params![tenant.to_string()], rows::api_key)?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(keys)
-}
-
-pub(super) fn authenticate(conn: &Connection, token: &str) -> Result<Option<Principal>> {
-    let Some((key_id, presented)) = parse_api_key(token) else {
-        return Ok(None);
-    };
-    let row = conn
-        .prepare_cached(
-            "SELECT tenant_id, role, secret_hash, revoked_at FROM api_keys WHERE id = ?1",
-        )?
-        .query_row(params![key_id.to_string()], |r| {
-            Ok((
-                parsed::<TenantId>(r, 0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })
-        .optional()?;
-    let Some((tenant_id, role, stored, revoked_at)) = row else {
-        return Ok(None);
-    };
-    if revoked_at.is_some() || !hashes_equal(&presented, &stored) {
-        return Ok(None);
-    }
-    let role = rows::role(&role).ok_or_else(|| {
-        tracing::error!(key.id = %key_id, role, "api key has an unknown role");
-        StoreError::Internal("api key has an unknown role".into())
-    })?;
-    Ok(Some(Principal {
-        tenant_id,
-        key_id,
-        role,
-    }))
 }
 
 // --- catalog ---

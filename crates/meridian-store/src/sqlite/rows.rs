@@ -101,7 +101,7 @@ fn keyword<T>(
 
 macro_rules! tenant_columns {
     () => {
-        "id, name, created_at"
+        "id, name, created_at, plan"
     };
 }
 pub(super) use tenant_columns;
@@ -111,26 +111,31 @@ pub(super) fn tenant(row: &Row<'_>) -> rusqlite::Result<Tenant> {
         id: parsed(row, 0)?,
         name: row.get(1)?,
         created_at: time(row, 2)?,
+        plan: row.get(3)?,
     })
 }
 
 macro_rules! api_key_columns {
     () => {
-        "id, tenant_id, name, role, created_at, revoked_at"
+        "id, tenant_id, name, role, created_at, revoked_at, scopes, expires_at, last_used_at"
     };
 }
 pub(super) use api_key_columns;
 
 pub(super) fn role(s: &str) -> Option<Role> {
-    match s {
-        "admin" => Some(Role::Admin),
-        _ => None,
-    }
+    Role::parse(s)
 }
 
 pub(super) fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::Admin => "admin",
+    r.as_str()
+}
+
+/// Scopes as stored: space-separated names, `*` for every scope.
+pub(super) fn scopes_str(s: crate::Scopes) -> String {
+    if s == crate::Scopes::ALL {
+        "*".to_owned()
+    } else {
+        s.to_claim()
     }
 }
 
@@ -142,6 +147,9 @@ pub(super) fn api_key(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
         role: keyword(row, 3, role)?,
         created_at: time(row, 4)?,
         revoked_at: opt_time(row, 5)?,
+        scopes: keyword(row, 6, |s| crate::Scopes::parse(s).ok())?,
+        expires_at: opt_time(row, 7)?,
+        last_used_at: opt_time(row, 8)?,
     })
 }
 

@@ -21,7 +21,10 @@ use meridian_inventory::{LedgerEntry, MovementKind, NewWarehouse, StockLevel, Wa
 use meridian_orders::{
     AllocationStrategy, Order, OrderAction, OrderLineRequest, OrderRequest, OrderStatus, PlaceOrder,
 };
-use meridian_store::{DeadLetterRecord, OutboxRecord, PageRequest, Role, Store, StoreError};
+use meridian_store::{
+    DeadLetterRecord, NewApiKey, NewRefreshToken, NewUser, OutboxRecord, PageRequest,
+    RefreshOutcome, RevocationKind, Role, Scopes, Store, StoreError, Subject,
+};
 
 /// A store under test and whatever must live as long as it (a temporary directory, a
 /// database schema to drop).
@@ -57,6 +60,10 @@ macro_rules! conformance_suite {
             relay_reads_unsent_rows_in_order_and_marks_them_sent,
             order_events_projection_dedups_and_is_tenant_scoped,
             dead_letters_are_recorded_once_listed_and_marked_replayed,
+            users_are_tenant_scoped_and_disabling_revokes,
+            api_keys_have_roles_scopes_expiry_and_rotation,
+            refresh_tokens_rotate_and_reuse_revokes_the_family,
+            signing_keys_and_revocations,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -311,7 +318,9 @@ pub async fn tenants_and_api_keys(store: Arc<dyn Store>) {
 
     let principal = s.authenticate(&created.token).await.unwrap().unwrap();
     assert_eq!(principal.tenant_id, acme.id);
-    assert_eq!(principal.key_id, created.key.id);
+    assert_eq!(principal.subject, Subject::ApiKey(created.key.id));
+    assert_eq!(principal.scopes, Scopes::ALL);
+    assert_eq!(principal.plan, "standard");
     assert_eq!(principal.role, Role::Admin);
 
     // A wrong secret for a real key id, and tokens that are not keys at all.
@@ -1923,4 +1932,326 @@ pub async fn dead_letters_are_recorded_once_listed_and_marked_replayed(store: Ar
         .await,
         StoreError::Validation(_)
     );
+}
+
+// --- auth ---
+
+fn new_user(email: &str, role: Role) -> NewUser {
+    NewUser {
+        email: email.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        role,
+    }
+}
+
+pub async fn users_are_tenant_scoped_and_disabling_revokes(store: Arc<dyn Store>) {
+    let s = &*store;
+    let a = tenant(s, "A").await;
+    let b = tenant(s, "B").await;
+    let ada = s
+        .create_user(a, new_user(" Ada@Example.COM ", Role::Member))
+        .await
+        .unwrap();
+    assert_eq!(ada.email, "ada@example.com");
+    assert_eq!(ada.role, Role::Member);
+    assert_err!(
+        s.create_user(a, new_user("ADA@example.com", Role::Viewer))
+            .await,
+        StoreError::AlreadyExists { .. }
+    );
+    assert_err!(
+        s.create_user(a, new_user("not-an-email", Role::Viewer))
+            .await,
+        StoreError::Validation(_)
+    );
+    assert_err!(
+        s.create_user(TenantId::new(), new_user("x@example.com", Role::Viewer))
+            .await,
+        StoreError::NotFound { what: "tenant", .. }
+    );
+    // The same email in another tenant is another user.
+    let ada_b = s
+        .create_user(b, new_user("ada@example.com", Role::Owner))
+        .await
+        .unwrap();
+    assert_eq!(s.get_user(a, ada.id).await.unwrap(), ada);
+    assert_err!(
+        s.get_user(b, ada.id).await,
+        StoreError::NotFound { what: "user", .. }
+    );
+    assert_eq!(s.list_users(a).await.unwrap(), vec![ada.clone()]);
+    assert_err!(
+        s.set_user_role(b, ada.id, Role::Owner).await,
+        StoreError::NotFound { .. }
+    );
+    assert_err!(s.disable_user(b, ada.id).await, StoreError::NotFound { .. });
+
+    let logins = s.user_logins("ADA@example.com").await.unwrap();
+    assert_eq!(logins.len(), 2);
+    assert!(
+        logins
+            .iter()
+            .all(|l| l.password_hash.starts_with("$argon2id$"))
+    );
+    assert!(logins.iter().all(|l| l.plan == "standard"));
+
+    let before = s.revocations_after(0).await.unwrap().len();
+    let promoted = s.set_user_role(a, ada.id, Role::Admin).await.unwrap();
+    assert_eq!(promoted.role, Role::Admin);
+    let disabled = s.disable_user(a, ada.id).await.unwrap();
+    assert!(disabled.disabled_at.is_some());
+    // Idempotent, keeping the first time.
+    assert_eq!(
+        s.disable_user(a, ada.id).await.unwrap().disabled_at,
+        disabled.disabled_at
+    );
+    let logins = s.user_logins("ada@example.com").await.unwrap();
+    assert_eq!(logins.len(), 1);
+    assert_eq!(logins[0].user.id, ada_b.id);
+    let revs = s.revocations_after(0).await.unwrap();
+    assert_eq!(revs.len(), before + 3);
+    assert!(
+        revs.iter()
+            .all(|r| r.kind == RevocationKind::User && r.subject == ada.id.to_string())
+    );
+    assert!(revs.iter().all(|r| r.tenant_id == a));
+}
+
+pub async fn api_keys_have_roles_scopes_expiry_and_rotation(store: Arc<dyn Store>) {
+    let s = &*store;
+    let a = tenant(s, "A").await;
+    let b = tenant(s, "B").await;
+    let scopes = Scopes::parse("orders:read orders:write").unwrap();
+    let k = s
+        .issue_api_key(
+            a,
+            NewApiKey {
+                name: "ops".into(),
+                role: Role::Member,
+                scopes,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((k.key.role, k.key.scopes), (Role::Member, scopes));
+    assert_eq!(s.get_api_key(a, k.key.id).await.unwrap(), k.key);
+    assert_err!(
+        s.get_api_key(b, k.key.id).await,
+        StoreError::NotFound { .. }
+    );
+    let p = s.authenticate(&k.token).await.unwrap().unwrap();
+    assert_eq!(
+        (p.role, p.scopes, p.plan.as_str()),
+        (Role::Member, scopes, "standard")
+    );
+
+    // The tenant's plan reaches the principal.
+    assert_eq!(
+        s.set_tenant_plan(a, "enterprise").await.unwrap().plan,
+        "enterprise"
+    );
+    assert_eq!(
+        s.authenticate(&k.token).await.unwrap().unwrap().plan,
+        "enterprise"
+    );
+    assert_err!(
+        s.set_tenant_plan(a, "Not A Plan").await,
+        StoreError::Validation(_)
+    );
+    assert_err!(
+        s.set_tenant_plan(TenantId::new(), "x").await,
+        StoreError::NotFound { .. }
+    );
+
+    // Expired keys authenticate nothing.
+    let past = meridian_core::now() - chrono::Duration::seconds(1);
+    let expired = s
+        .issue_api_key(
+            a,
+            NewApiKey {
+                name: "old".into(),
+                role: Role::Viewer,
+                scopes: Scopes::ALL,
+                expires_at: Some(past),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.authenticate(&expired.token).await.unwrap(), None);
+
+    // Last use.
+    let at = meridian_core::now();
+    s.touch_api_key(k.key.id, at).await.unwrap();
+    let used = s
+        .get_api_key(a, k.key.id)
+        .await
+        .unwrap()
+        .last_used_at
+        .unwrap();
+    assert!((used - at).num_milliseconds().abs() < 1);
+
+    // Rotation: same key, new secret; another tenant cannot; a revoked key cannot.
+    assert_err!(
+        s.rotate_api_key(b, k.key.id).await,
+        StoreError::NotFound { .. }
+    );
+    let before = s.revocations_after(0).await.unwrap().len();
+    let rotated = s.rotate_api_key(a, k.key.id).await.unwrap();
+    assert_eq!(rotated.key.id, k.key.id);
+    assert_ne!(rotated.token, k.token);
+    assert_eq!(s.authenticate(&k.token).await.unwrap(), None);
+    assert_eq!(
+        s.authenticate(&rotated.token)
+            .await
+            .unwrap()
+            .unwrap()
+            .subject,
+        Subject::ApiKey(k.key.id)
+    );
+    s.revoke_api_key(a, k.key.id).await.unwrap();
+    assert_eq!(s.authenticate(&rotated.token).await.unwrap(), None);
+    assert_err!(
+        s.rotate_api_key(a, k.key.id).await,
+        StoreError::NotFound { .. }
+    );
+    let revs = s.revocations_after(0).await.unwrap();
+    let kinds: Vec<_> = revs[before..].iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds,
+        [RevocationKind::ApiKeySecret, RevocationKind::ApiKey]
+    );
+    // Each revocation left its event in the outbox.
+    let events = outbox_from(s, 0).await;
+    let revoked: Vec<_> = events
+        .iter()
+        .filter(|e| e.topic.as_str() == topic("auth", "revoked"))
+        .collect();
+    assert_eq!(revoked.len(), 2);
+    assert_eq!(revoked[1].envelope.subject, k.key.id.to_string());
+    assert_eq!(revoked[1].envelope.data["kind"], "api_key");
+}
+
+pub async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Arc<dyn Store>) {
+    let s = &*store;
+    let a = tenant(s, "A").await;
+    let u = s
+        .create_user(a, new_user("r@example.com", Role::Viewer))
+        .await
+        .unwrap();
+    let family = uuid::Uuid::now_v7();
+    let rt = |hash: &str| NewRefreshToken {
+        token_hash: hash.into(),
+        family_id: family,
+        tenant_id: a,
+        user_id: u.id,
+        expires_at: meridian_core::now() + chrono::Duration::days(1),
+    };
+    s.create_refresh_token(rt("h1")).await.unwrap();
+    match s.rotate_refresh_token("h1", rt("h2")).await.unwrap() {
+        RefreshOutcome::Rotated(r) => {
+            assert_eq!(r.user.id, u.id);
+            assert_eq!(r.plan, "standard");
+        }
+        other => panic!("expected a rotation, got {other:?}"),
+    }
+    assert!(matches!(
+        s.rotate_refresh_token("h2", rt("h3")).await.unwrap(),
+        RefreshOutcome::Rotated(_)
+    ));
+    // h1 again: reuse; the family (h3 included) is revoked.
+    assert_eq!(
+        s.rotate_refresh_token("h1", rt("h4")).await.unwrap(),
+        RefreshOutcome::Reused
+    );
+    assert_eq!(
+        s.rotate_refresh_token("h3", rt("h5")).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+    assert_eq!(
+        s.rotate_refresh_token("nope", rt("h6")).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+
+    // Explicit revocation, expiry, and a disabled user.
+    let family2 = uuid::Uuid::now_v7();
+    s.create_refresh_token(NewRefreshToken {
+        family_id: family2,
+        ..rt("g1")
+    })
+    .await
+    .unwrap();
+    assert!(s.revoke_refresh_token("g1").await.unwrap());
+    assert!(!s.revoke_refresh_token("missing").await.unwrap());
+    assert_eq!(
+        s.rotate_refresh_token("g1", rt("g2")).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+    s.create_refresh_token(NewRefreshToken {
+        family_id: uuid::Uuid::now_v7(),
+        expires_at: meridian_core::now() - chrono::Duration::seconds(1),
+        ..rt("e1")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.rotate_refresh_token("e1", rt("e2")).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+    s.create_refresh_token(NewRefreshToken {
+        family_id: uuid::Uuid::now_v7(),
+        ..rt("d1")
+    })
+    .await
+    .unwrap();
+    s.disable_user(a, u.id).await.unwrap();
+    assert_eq!(
+        s.rotate_refresh_token("d1", rt("d2")).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+}
+
+pub async fn signing_keys_and_revocations(store: Arc<dyn Store>) {
+    let s = &*store;
+    let master = meridian_auth::MasterKey::generate();
+    let now = meridian_core::now();
+    let day = chrono::Duration::days(1);
+    let k1 =
+        meridian_auth::SigningKeyMaterial::generate().seal(&master, now, now + day, now + day * 2);
+    s.add_signing_key(&k1, None).await.unwrap();
+    let k2 =
+        meridian_auth::SigningKeyMaterial::generate().seal(&master, now, now + day, now + day * 2);
+    s.add_signing_key(&k2, Some(now)).await.unwrap();
+    let keys = s.signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    let got1 = keys.iter().find(|k| k.kid == k1.kid).unwrap();
+    assert_eq!(got1.retire_at, now, "rotation retires the signing key");
+    assert_eq!(got1.encrypted_private_key, k1.encrypted_private_key);
+    assert_eq!(got1.public_jwk, k1.public_jwk);
+    assert!(got1.signer(&master).is_ok());
+    let got2 = keys.iter().find(|k| k.kid == k2.kid).unwrap();
+    assert_eq!(got2.retire_at, now + day);
+    // Expired keys are not listed.
+    let old = meridian_auth::SigningKeyMaterial::generate().seal(
+        &master,
+        now - day * 3,
+        now - day * 2,
+        now - day,
+    );
+    s.add_signing_key(&old, None).await.unwrap();
+    assert_eq!(s.signing_keys().await.unwrap().len(), 2);
+
+    let a = tenant(s, "A").await;
+    let r1 = s.revoke_token(a, "jti-1", now + day).await.unwrap();
+    let r2 = s.revoke_token(a, "jti-2", now + day).await.unwrap();
+    let _expired = s.revoke_token(a, "jti-0", now - day).await.unwrap();
+    assert!(r2.seq > r1.seq);
+    let all = s.revocations_after(0).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.subject.as_str()).collect::<Vec<_>>(),
+        ["jti-1", "jti-2"]
+    );
+    assert_eq!(all[0], r1);
+    let after = s.revocations_after(r1.seq).await.unwrap();
+    assert_eq!(after, vec![r2]);
 }

@@ -87,7 +87,9 @@ async fn reopening_keeps_acknowledged_writes_and_migrates_once() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+    // Versions may skip a number (a migration still on another branch), never repeat.
+    assert_eq!(versions, [1, 2, 4]);
+    assert_eq!(versions.last(), Some(&SCHEMA_VERSION));
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();

@@ -110,8 +110,8 @@ async fn dev_seeds_a_demo_tenant_once_and_prints_how_to_reach_it() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (url, key) = tokio::task::spawn_blocking(move || {
-            let (mut url, mut key) = (None, None);
+        let (url, key, login) = tokio::task::spawn_blocking(move || {
+            let (mut url, mut key, mut login) = (None, None, None);
             for line in BufReader::new(stdout).lines() {
                 let line = line.unwrap();
                 if let Some(u) = line.trim().strip_prefix("API base URL:") {
@@ -119,12 +119,16 @@ async fn dev_seeds_a_demo_tenant_once_and_prints_how_to_reach_it() {
                 }
                 if let Some(k) = line.trim().strip_prefix("demo API key:") {
                     key = Some(k.trim().to_owned());
+                }
+                if let Some(l) = line.trim().strip_prefix("demo login:") {
+                    login = Some(l.trim().to_owned());
                     break;
                 }
             }
             (
                 url.expect("dev prints the API base URL"),
                 key.expect("dev prints the demo API key"),
+                login.expect("dev prints the demo login"),
             )
         })
         .await
@@ -143,13 +147,22 @@ async fn dev_seeds_a_demo_tenant_once_and_prints_how_to_reach_it() {
         );
         let stock = api.ok(Method::GET, "/v1/inventory/LAST-ONE", None).await;
         assert_eq!(stock["total"]["available"], 1);
-        keys.push(key);
+        // The demo login works at the token endpoint.
+        let (email, password) = login.split_once(" / ").expect("email / password");
+        let r = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/auth/token"))
+            .json(&serde_json::json!({"grant_type": "password", "username": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        keys.push(format!("{key} {login}"));
         let _ = child.kill();
         let _ = child.wait();
     }
     assert_eq!(
         keys[0], keys[1],
-        "a restart keeps the demo tenant and prints the same key"
+        "a restart keeps the demo tenant and prints the same key and login"
     );
 }
 

@@ -1,8 +1,10 @@
 //! Black-box tests: the real `meridian` binary as a child process, over real HTTP, on SQLite
 //! and on PostgreSQL.
 
+mod auth;
 mod cli;
 mod crash;
 mod events;
+mod gateway;
 mod race;
 mod support;

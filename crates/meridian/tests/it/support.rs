@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_meridian");
 
+/// 32 bytes of base64 for the PostgreSQL tests' instances.
+pub const TEST_MASTER_KEY: &str = "bWVyaWRpYW4tdGVzdC1tYXN0ZXIta2V5LTMyLWJ5dGU=";
+
 /// Where a test's data lives; cleaned up on drop.
 pub enum Db {
     Sqlite {
@@ -52,6 +55,8 @@ impl Db {
                 ("DATABASE_URL", url.clone()),
                 ("MERIDIAN_DATABASE_SCHEMA", schema.clone()),
                 ("MERIDIAN_DATA_DIR", dir.path().display().to_string()),
+                // Required on PostgreSQL: every instance seals signing keys with it.
+                ("MERIDIAN_AUTH_MASTER_KEY", TEST_MASTER_KEY.into()),
             ],
         }
     }
@@ -107,6 +112,9 @@ pub fn command(db: &Db) -> Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
+        // Load tests drive one tenant far past any plan's quota; the gateway's own tests
+        // turn rate limits back on.
+        .env("MERIDIAN_RATE_LIMIT_POLICY", "off")
         .current_dir(db.data_dir())
         .envs(db.env());
     cmd
