@@ -2,12 +2,13 @@
 # Makes sure the backing services the test suite talks to are running on this machine,
 # starting any that are stopped, and fails loudly if one cannot be reached.
 #
-#   scripts/services.sh            PostgreSQL, RabbitMQ, NATS JetStream and Redis (what the tests need)
+#   scripts/services.sh            PostgreSQL, RabbitMQ, NATS JetStream, Kafka and Redis (what the tests need)
 #   scripts/services.sh all        the same
-#   scripts/services.sh postgres   one service (postgres, rabbitmq, nats or redis)
+#   scripts/services.sh postgres   one service (postgres, rabbitmq, nats, kafka or redis)
 #
 # Addresses can be overridden with MERIDIAN_TEST_DATABASE_URL's host/port defaults
-# (127.0.0.1:5432). Nothing here downloads anything: the servers come from the OS packages.
+# (127.0.0.1:5432). The servers come from the OS packages, except the Kafka-protocol broker
+# `tansu`, which Debian does not package: it is built from crates.io once per machine.
 set -euo pipefail
 
 want="${1:-tests}"
@@ -78,12 +79,32 @@ ensure_nats() {
   wait_port 127.0.0.1 4222 NATS
 }
 
+# Kafka protocol: the `tansu` broker (Debian packages no Kafka), in memory, on 127.0.0.1:19092.
+# Built once per machine with cargo (about 13 minutes on two cores); later runs reuse it.
+TANSU_VERSION=0.6.0
+ensure_kafka() {
+  port_open 127.0.0.1 19092 && { log "Kafka (tansu) is up"; return; }
+  local tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+  if [ ! -x "$tansu" ]; then
+    log "tansu $TANSU_VERSION is not installed; building it with cargo (about 13 minutes, once per machine)"
+    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore >/tmp/tansu-install.log 2>&1 \
+      || { log "ERROR: cargo install tansu failed; see /tmp/tansu-install.log"; exit 1; }
+  fi
+  log "starting Kafka (tansu) on 127.0.0.1:19092, log in /tmp/tansu.log"
+  setsid nohup "$tansu" broker \
+    --listener-url tcp://127.0.0.1:19092 \
+    --advertised-listener-url tcp://127.0.0.1:19092 \
+    --storage-engine memory://tansu/ >/tmp/tansu.log 2>&1 < /dev/null &
+  wait_port 127.0.0.1 19092 "Kafka (tansu)"
+}
+
 case "$want" in
-  tests) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_redis ;;
-  all) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_redis ;;
+  tests) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_kafka; ensure_redis ;;
+  all) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_kafka; ensure_redis ;;
   postgres) ensure_postgres ;;
   rabbitmq) ensure_rabbitmq ;;
   nats) ensure_nats ;;
+  kafka) ensure_kafka ;;
   redis) ensure_redis ;;
-  *) log "usage: $0 [tests|all|postgres|rabbitmq|nats|redis]"; exit 2 ;;
+  *) log "usage: $0 [tests|all|postgres|rabbitmq|nats|kafka|redis]"; exit 2 ;;
 esac

@@ -10,6 +10,7 @@ scripts/services.sh tests
 export MERIDIAN_TEST_DATABASE_URL="${MERIDIAN_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export MERIDIAN_TEST_NATS_URL="${MERIDIAN_TEST_NATS_URL:-nats://127.0.0.1:4222}"
 export MERIDIAN_TEST_AMQP_URL="${MERIDIAN_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export MERIDIAN_TEST_KAFKA_URL="${MERIDIAN_TEST_KAFKA_URL:-127.0.0.1:19092}"
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --no-fail-fast "$@"

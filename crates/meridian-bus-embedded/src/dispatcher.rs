@@ -88,6 +88,10 @@ enum Command {
         generation: u64,
         result: Result<(), BusError>,
     },
+    /// The consumer's lag (see [`Dispatcher::lag`]).
+    Lag {
+        reply: oneshot::Sender<Option<u64>>,
+    },
 }
 
 /// The consumers of one bus: a dispatcher task per consumer name, started on first use.
@@ -196,6 +200,7 @@ impl Registry {
             settling: None,
             queued_acks: Vec::new(),
             queued_nacks: Vec::new(),
+            head: 0,
         };
         tokio::spawn(dispatcher.run(rx, self.head.clone(), self.shutdown.clone()));
         dispatchers.insert(consumer.to_owned(), tx.clone());
@@ -214,6 +219,13 @@ struct EmbeddedSubscription {
 impl Subscription for EmbeddedSubscription {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         self.deliveries.recv().await.ok_or(BusError::Closed)
+    }
+
+    /// See [`Dispatcher::lag`]; `None` once the bus is closed.
+    async fn lag(&mut self) -> Option<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Lag { reply }).ok()?;
+        answer.await.ok().flatten()
     }
 }
 
@@ -468,6 +480,8 @@ struct Dispatcher {
     settling: Option<SettleJob>,
     queued_acks: Vec<Reply<()>>,
     queued_nacks: Vec<(PendingRow, Reply<()>)>,
+    /// The log's head as last seen by this process's publishes.
+    head: u64,
 }
 
 impl Dispatcher {
@@ -481,7 +495,8 @@ impl Dispatcher {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut head_open = true;
         loop {
-            self.maybe_fetch(*head.borrow());
+            self.head = *head.borrow();
+            self.maybe_fetch(self.head);
             self.maybe_settle();
             let next_timer = self
                 .group
@@ -500,6 +515,9 @@ impl Dispatcher {
                 }
                 command = commands.recv() => {
                     let Some(command) = command else { break };
+                    // Commands win over head changes in this select; a lag asked for right
+                    // after a publish must still count it.
+                    self.head = *head.borrow();
                     self.handle(command).await;
                     // Take everything else already queued, so acks batch into one settle.
                     while let Ok(command) = commands.try_recv() {
@@ -557,6 +575,7 @@ impl Dispatcher {
                     let _ = reply.send(Err(BusError::Closed));
                 }
                 Command::Join { .. }
+                | Command::Lag { .. }
                 | Command::Leave { .. }
                 | Command::Fetched { .. }
                 | Command::Settled { .. } => {}
@@ -587,7 +606,21 @@ impl Dispatcher {
             } => self.nack(seq, attempt, delay, reply),
             Command::Fetched { generation, result } => self.fetched(generation, result),
             Command::Settled { generation, result } => self.settled(generation, result),
+            Command::Lag { reply } => {
+                let _ = reply.send(self.lag());
+            }
         }
+    }
+
+    /// Messages fetched for the consumer and not yet durably acknowledged, stored nacks not
+    /// fetched yet, and the log entries after what the dispatcher has read (of any topic:
+    /// the ones the pattern does not match are only known once read, so the last term is an
+    /// upper bound while the consumer is behind).
+    fn lag(&self) -> Option<u64> {
+        let g = self.group.as_ref()?;
+        let held = g.outstanding.len() + g.acking.len() + g.stored_nacks.len();
+        let settling = self.settling.as_ref().map_or(0, |job| job.acked.len());
+        Some((held + settling) as u64 + self.head.saturating_sub(g.scanned))
     }
 
     async fn join(

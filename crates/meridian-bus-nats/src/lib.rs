@@ -65,6 +65,7 @@
 //! async-nats is built without its `server_2_10`+ features: everything here works with
 //! NATS 2.9 (the version on Meridian's machines) and later.
 
+pub mod bench;
 mod error;
 mod naming;
 mod subscription;

@@ -1,17 +1,18 @@
-//! The RabbitMQ throughput benchmark: the bus against lapin used directly, in the same run,
-//! on the same broker, with the same work.
+//! The RabbitMQ throughput benchmark (`meridian bench bus --backend rabbitmq`): the bus
+//! against lapin used directly, in the same run, on the same broker, with the same work.
 //!
 //! Both sides move `messages` messages of about `payload_bytes` bytes through a durable
 //! quorum queue bound to a topic exchange: one producer publishes persistent messages in
 //! batches of `batch` and awaits the broker's confirms for each batch; one consumer, with
 //! `prefetch` deliveries in flight, receives and acknowledges each message. The clock runs
-//! from the first publish to the last acknowledgement. The bus side also encodes and decodes
-//! the CloudEvents envelope, validates the topic and filters the pattern: that is the cost
-//! being measured. End-to-end latency is from just before a message's batch is published to
-//! its receipt by the consumer.
+//! from the first publish to the last acknowledgement. The bus side
+//! ([`meridian_bus::bench::bench_throughput`]) also encodes and decodes the CloudEvents
+//! envelope, validates the topic and filters the pattern: that is the cost being measured.
+//! End-to-end latency is from just before a message's batch is published to its receipt by
+//! the consumer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use lapin::options::{
@@ -21,8 +22,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use meridian_bus::{Bus, BusError, Message, SubscribeOptions, TopicPattern};
-use meridian_core::{Envelope, TenantId, Topic};
+use meridian_bus::BusError;
+use meridian_bus::bench::{
+    Comparison, SideResult, ThroughputOptions, bench_throughput, micros_since,
+};
+use meridian_core::Topic;
 
 use crate::{RabbitBus, RabbitConfig};
 
@@ -55,143 +59,45 @@ impl Default for BenchOptions {
     }
 }
 
-/// One side's figures.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SideResult {
-    pub elapsed: Duration,
-    pub messages_per_second: f64,
-    pub p50_latency: Duration,
-    pub p99_latency: Duration,
-}
-
-/// Both sides' figures.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BenchResult {
-    pub bus: SideResult,
-    pub raw: SideResult,
-    /// Bus throughput over raw lapin throughput.
-    pub ratio: f64,
-}
-
 /// Runs both sides `rounds` times, alternating, each run on a fresh deployment that is
 /// deleted after it.
-pub async fn run(options: &BenchOptions) -> Result<BenchResult, BusError> {
-    let mut raw_runs = Vec::new();
-    let mut bus_runs = Vec::new();
+pub async fn run(options: &BenchOptions) -> Result<Comparison, BusError> {
+    let mut result = Comparison {
+        bus_runs: Vec::new(),
+        raw_runs: Vec::new(),
+    };
     for round in 0..options.rounds.max(1) {
-        raw_runs.push(raw_lapin(options, round).await?);
-        bus_runs.push(bus(options, round).await?);
+        result.raw_runs.push(raw_lapin(options, round).await?);
+        result.bus_runs.push(bus(options, round).await?);
     }
-    let (raw, bus) = (median(raw_runs), median(bus_runs));
-    Ok(BenchResult {
-        bus,
-        raw,
-        ratio: bus.messages_per_second / raw.messages_per_second,
-    })
-}
-
-fn median(mut runs: Vec<SideResult>) -> SideResult {
-    runs.sort_by(|a, b| a.messages_per_second.total_cmp(&b.messages_per_second));
-    runs[runs.len() / 2]
+    Ok(result)
 }
 
 fn deployment(side: &str, round: usize) -> String {
     format!("bench{side}{}r{round}", std::process::id())
 }
 
-/// Microseconds since `base`, carried in each message to measure latency.
-fn micros_since(base: Instant) -> u64 {
-    u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-fn side_result(elapsed: Duration, messages: u64, mut latencies: Vec<u64>) -> SideResult {
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        Duration::from_micros(latencies.get(i).copied().unwrap_or(0))
-    };
-    SideResult {
-        elapsed,
-        messages_per_second: messages as f64 / elapsed.as_secs_f64(),
-        p50_latency: at(0.50),
-        p99_latency: at(0.99),
-    }
-}
-
 async fn bus(options: &BenchOptions, round: usize) -> Result<SideResult, BusError> {
     let d = deployment("bus", round);
-    let bus = Arc::new(RabbitBus::connect(RabbitConfig::new(options.url.clone())).await?);
+    let bus = RabbitBus::connect(RabbitConfig::new(options.url.clone())).await?;
     let topic = Topic::platform(&d, "oms", "order.created");
-    let mut sub = bus
-        .subscribe(
-            &TopicPattern::exact(&topic),
-            SubscribeOptions {
-                max_in_flight: usize::from(options.prefetch),
-                ..SubscribeOptions::durable("bench")
-            },
-        )
-        .await?;
-    let queues = bus.declared_queues();
-    // Padding that brings the encoded envelope to about `payload_bytes`.
-    let probe = envelope_message(&topic, 0, 0, "");
-    let overhead = probe.encode(usize::MAX)?.len();
-    let pad = "x".repeat(options.payload_bytes.saturating_sub(overhead));
-    let base = Instant::now();
-    let total = options.messages;
-    let consumer = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(total as usize);
-        for _ in 0..total {
-            let d = sub.next().await?;
-            let sent = d.message.envelope.data["t"].as_u64().unwrap_or(0);
-            latencies.push(micros_since(base).saturating_sub(sent));
-            d.ack().await?;
-        }
-        Ok::<_, BusError>((Instant::now(), latencies))
-    });
-    // Built before the clock starts, like the raw side's payload: building events is the
-    // caller's cost, not the bus's. Only the send time is filled in per batch.
-    let mut batches: Vec<Vec<Message>> = Vec::new();
-    let mut n = 0;
-    while n < total {
-        let count = (total - n).min(options.batch.max(1) as u64);
-        batches.push(
-            (n..n + count)
-                .map(|i| envelope_message(&topic, i, 0, &pad))
-                .collect(),
-        );
-        n += count;
-    }
-    let started = Instant::now();
-    for mut batch in batches {
-        let t = micros_since(base);
-        for m in &mut batch {
-            m.envelope.data["t"] = t.into();
-        }
-        for result in bus.publish_batch(batch).await {
-            result?;
-        }
-    }
-    let (finished, latencies) = consumer
-        .await
-        .map_err(|e| BusError::Internal(format!("bench consumer: {e}")))??;
-    let result = side_result(finished - started, total, latencies);
-    bus.delete_deployment(&d, &queues.names()).await?;
-    bus.close();
-    Ok(result)
-}
-
-fn envelope_message(topic: &Topic, n: u64, t: u64, pad: &str) -> Message {
-    Message::new(
-        topic.clone(),
-        Envelope::new(
-            "/meridian/bench/oms",
-            "meridian.oms.order.created",
-            TenantId::new(),
-            format!("order-{}", n % 1024),
-            meridian_core::now(),
-            serde_json::json!({ "n": n, "t": t, "pad": pad }),
-        ),
+    let result = bench_throughput(
+        Arc::new(bus.clone()),
+        &topic,
+        &ThroughputOptions {
+            messages: options.messages,
+            payload_bytes: options.payload_bytes,
+            batch: options.batch,
+            max_in_flight: usize::from(options.prefetch),
+            concurrent_acks: 1,
+        },
     )
+    .await;
+    // Delete the broker objects whatever happened, then report.
+    bus.delete_deployment(&d, &bus.declared_queues().names())
+        .await?;
+    bus.close();
+    result
 }
 
 async fn raw_lapin(options: &BenchOptions, round: usize) -> Result<SideResult, BusError> {
@@ -312,7 +218,7 @@ async fn raw_lapin(options: &BenchOptions, round: usize) -> Result<SideResult, B
     let (finished, latencies) = consumer
         .await
         .map_err(|e| BusError::Internal(format!("raw consumer: {e}")))??;
-    let result = side_result(finished - started, total, latencies);
+    let result = SideResult::new(finished - started, total, latencies);
     let _ = consume_ch.close(200, "done".into()).await;
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await

@@ -1,22 +1,36 @@
-//! The memory backend's publish-to-deliver benchmark (`meridian bench bus --backend
-//! memory`): one producer task publishes pre-built messages in batches, one consumer task
-//! receives and acknowledges each, and the clock runs from the first publish to the last
-//! acknowledgement. The figure is wall time divided by messages: the amortized cost of
-//! moving one message through the bus.
+//! The bus benchmarks behind `meridian bench bus`.
 //!
-//! Building the messages is outside the clock (it is the caller's cost, not the bus's);
-//! dropping them after delivery is inside it, as it would be in a real consumer.
-//!
-//! Run it on a multi-threaded Tokio runtime, so the producer and the consumer can run on
-//! different cores; on one thread it measures something else (no cross-core handoff).
+//! - [`bench_memory_with`] (`--backend memory`): one producer task publishes pre-built
+//!   messages in batches, one consumer task receives them (in batches with
+//!   [`Subscription::next_batch`](crate::Subscription::next_batch) and
+//!   [`Delivery::ack_all`](crate::Delivery::ack_all), or one `next` and `ack` each) and
+//!   frees them, and the clock runs from the first publish to the last acknowledgement. The
+//!   figure is wall time divided by messages: the amortized cost of moving one message
+//!   through the bus. Building the messages is outside the clock (it is the caller's cost,
+//!   not the bus's); dropping them after delivery is inside it, as it would be in a real
+//!   consumer. Run it on a multi-threaded Tokio runtime, so the producer and the consumer
+//!   can run on different cores; on one thread it measures something else (no cross-core
+//!   handoff).
+//! - [`bench_throughput`] (`--backend embedded|nats|rabbitmq`): any [`Bus`] moving
+//!   messages of about 1 KB from one producer (`publish_batch`) to one consumer that
+//!   acknowledges each; reports throughput and publish-to-deliver latency percentiles
+//!   ([`SideResult`]). The broker backends run the same work through their raw client
+//!   library in the same run (`meridian_bus_nats::bench`, `meridian_bus_rabbitmq::bench`)
+//!   and compare the two with [`Comparison`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meridian_core::{Envelope, TenantId, Topic};
 use serde_json::json;
 
-use crate::{Bus, BusError, MemoryBus, MemoryBusConfig, Message, SubscribeOptions, TopicPattern};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+
+use crate::{
+    Bus, BusError, Delivery, MemoryBus, MemoryBusConfig, Message, SubscribeOptions, TopicPattern,
+};
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +43,9 @@ pub struct BenchOptions {
     pub track_unacked: bool,
     /// The bus's [`MemoryBusConfig::spin`].
     pub spin: Duration,
+    /// The consumer takes up to this many deliveries per `next_batch` call and settles them
+    /// with one `Delivery::ack_all`; 1 calls `next` and `ack` per message.
+    pub receive_batch: usize,
 }
 
 impl Default for BenchOptions {
@@ -39,6 +56,7 @@ impl Default for BenchOptions {
             track_unacked: true,
             // The low-latency setting: a stream this dense never parks its consumer.
             spin: Duration::from_micros(20),
+            receive_batch: 256,
         }
     }
 }
@@ -60,10 +78,19 @@ pub struct BenchResult {
     /// the producer's thread as in the run), in nanoseconds. It is part of
     /// `ns_per_message`: an envelope is nine heap blocks, and a consumer frees them.
     pub drop_ns_per_message: f64,
+    /// What freeing the same message costs when it is one buffer (its encoded JSON, one heap
+    /// block) instead of an envelope of nine blocks, measured the same way, in nanoseconds.
+    /// `ns_per_message - drop_ns_per_message + encoded_drop_ns_per_message` estimates the
+    /// bus with a one-block message type.
+    pub encoded_drop_ns_per_message: f64,
     /// The same messages, rounds and tasks through a bare `tokio::sync::mpsc` channel
     /// (send, receive, free), in nanoseconds per message: the floor this machine and this
     /// message type set for handing a message from one core to another.
     pub channel_ns_per_message: f64,
+    /// Publish-to-deliver latency, sampled once per published batch: from just before the
+    /// `publish_batch` call to the consumer holding the batch's last message.
+    pub p50_latency: Duration,
+    pub p99_latency: Duration,
 }
 
 impl BenchResult {
@@ -91,8 +118,8 @@ const ROUND: u64 = 4096;
 /// Measures publish-to-deliver on a fresh [`MemoryBus`] with one producer and one consumer.
 ///
 /// The messages go through in rounds of 4,096: each round is built, then timed from its
-/// first publish until the consumer has acknowledged all of it. The figure is the sum of the
-/// timed parts divided by the messages.
+/// first publish until the consumer has acknowledged (and freed) all of it. The figure is
+/// the sum of the timed parts divided by the messages.
 pub async fn bench_memory_with(options: BenchOptions) -> Result<BenchResult, BusError> {
     let batch = options.batch.max(1);
     let bus = Arc::new(MemoryBus::with_config(MemoryBusConfig {
@@ -111,38 +138,80 @@ pub async fn bench_memory_with(options: BenchOptions) -> Result<BenchResult, Bus
         .map(|r| ROUND.min(total - r * ROUND))
         .collect();
 
+    // Latency samples: the producer stamps each published batch (nanoseconds since `base`)
+    // before publishing it; the consumer reads the stamp when it holds the batch's last
+    // message. One clock read per batch on each side, so sampling costs nothing per message.
+    let base = Instant::now();
+    let per_round = move |size: u64| size.div_ceil(batch as u64) as usize;
+    let chunks: usize = rounds.iter().map(|&size| per_round(size)).sum();
+    let stamps: Arc<[AtomicU64]> = (0..chunks).map(|_| AtomicU64::new(0)).collect();
+    let receive_batch = options.receive_batch.max(1);
     let (round_done, mut rounds_done) = tokio::sync::mpsc::unbounded_channel::<()>();
     let consumer_rounds = rounds.clone();
+    let consumer_stamps = stamps.clone();
     let consumer = tokio::spawn(async move {
+        let stamps = consumer_stamps;
+        let mut latencies = Vec::with_capacity(chunks);
+        let mut chunk_base = 0;
         for size in consumer_rounds {
-            for _ in 0..size {
-                sub.next().await?.ack().await?;
+            let mut received: u64 = 0;
+            while received < size {
+                let left = size - received;
+                let got = if receive_batch == 1 {
+                    sub.next().await?.ack().await?;
+                    1
+                } else {
+                    let deliveries = sub.next_batch(receive_batch.min(left as usize)).await?;
+                    let got = deliveries.len() as u64;
+                    Delivery::ack_all(deliveries).await?;
+                    got
+                };
+                let before = received;
+                received += got;
+                // The last published batch these messages completed, if any.
+                let b = batch as u64;
+                let completed = if received == size {
+                    Some(per_round(size) - 1)
+                } else if received / b != before / b {
+                    Some((received / b) as usize - 1)
+                } else {
+                    None
+                };
+                if let Some(chunk) = completed {
+                    let now = base.elapsed().as_nanos() as u64;
+                    let sent = stamps[chunk_base + chunk].load(Ordering::Acquire);
+                    latencies.push(now.saturating_sub(sent));
+                }
             }
+            chunk_base += per_round(size);
             // The producer is waiting for this; if it is gone, the bench is over anyway.
             let _ = round_done.send(());
         }
-        Ok::<_, BusError>(())
+        Ok::<_, BusError>(latencies)
     });
     let producer = tokio::spawn(async move {
         let mut elapsed = Duration::ZERO;
         let mut per_message = Vec::with_capacity(rounds.len());
         let mut seq = 0;
+        let mut chunk = 0;
         for size in rounds {
             let messages = build(&topic, seq, size);
             seq += size;
             let started = Instant::now();
-            if batch == 1 {
-                for m in messages {
-                    bus.publish(m).await?;
+            let mut messages = messages.into_iter();
+            loop {
+                let part: Vec<Message> = messages.by_ref().take(batch).collect();
+                if part.is_empty() {
+                    break;
                 }
-            } else {
-                let mut messages = messages.into_iter();
-                loop {
-                    let chunk: Vec<Message> = messages.by_ref().take(batch).collect();
-                    if chunk.is_empty() {
-                        break;
+                stamps[chunk].store(base.elapsed().as_nanos() as u64, Ordering::Release);
+                chunk += 1;
+                if batch == 1 {
+                    for m in part {
+                        bus.publish(m).await?;
                     }
-                    for result in bus.publish_batch(chunk).await {
+                } else {
+                    for result in bus.publish_batch(part).await {
                         result?;
                     }
                 }
@@ -163,8 +232,10 @@ pub async fn bench_memory_with(options: BenchOptions) -> Result<BenchResult, Bus
     });
     let join = |e: tokio::task::JoinError| BusError::Internal(format!("bench task failed: {e}"));
     let elapsed = producer.await.map_err(join)?;
-    consumer.await.map_err(join)??;
+    let mut latencies = consumer.await.map_err(join)??;
     let (elapsed, median_round_ns_per_message) = elapsed?;
+    latencies.sort_unstable();
+    let latency = |q: f64| Duration::from_nanos(percentile(&latencies, q));
 
     let n = options.messages.max(1) as f64;
     Ok(BenchResult {
@@ -174,8 +245,20 @@ pub async fn bench_memory_with(options: BenchOptions) -> Result<BenchResult, Bus
         messages_per_second: n / elapsed.as_secs_f64(),
         median_round_ns_per_message,
         drop_ns_per_message: drop_cost(&topic_for_drop(), options.messages).await?,
+        encoded_drop_ns_per_message: encoded_drop_cost(&topic_for_drop(), options.messages).await?,
         channel_ns_per_message: channel_baseline(&topic_for_drop(), options.messages).await?,
+        p50_latency: latency(0.50),
+        p99_latency: latency(0.99),
     })
+}
+
+/// The `q` quantile of sorted samples (nearest rank); 0 without samples.
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
 
 /// [`bench_memory_with`]'s rounds through a bare unbounded Tokio channel instead of the bus.
@@ -231,11 +314,30 @@ fn topic_for_drop() -> Topic {
 /// the consumer in the run does: rounds are built on one task, handed over and freed on
 /// another.
 async fn drop_cost(topic: &Topic, messages: u64) -> Result<f64, BusError> {
+    drop_cost_of(topic, messages, |m| m).await
+}
+
+/// [`drop_cost`] for the same messages as their encoded bytes (one heap block each): what
+/// freeing would cost a consumer if a message were one buffer.
+async fn encoded_drop_cost(topic: &Topic, messages: u64) -> Result<f64, BusError> {
+    drop_cost_of(topic, messages, |m| {
+        m.iter()
+            .map(|m| m.encode(usize::MAX).unwrap_or_default())
+            .collect::<Vec<Vec<u8>>>()
+    })
+    .await
+}
+
+async fn drop_cost_of<T: Send + 'static>(
+    topic: &Topic,
+    messages: u64,
+    convert: fn(Vec<Message>) -> T,
+) -> Result<f64, BusError> {
     let rounds = messages.div_ceil(ROUND).clamp(1, 32);
     let mut freed = Duration::ZERO;
     for round in 0..rounds {
         let topic = topic.clone();
-        let built = tokio::spawn(async move { build(&topic, round * ROUND, ROUND) });
+        let built = tokio::spawn(async move { convert(build(&topic, round * ROUND, ROUND)) });
         let messages = built
             .await
             .map_err(|e| BusError::Internal(format!("bench task failed: {e}")))?;
@@ -269,4 +371,224 @@ fn build(topic: &Topic, first: u64, count: u64) -> Vec<Message> {
             Message::new(topic.clone(), envelope)
         })
         .collect()
+}
+
+/// What [`bench_throughput`] moves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThroughputOptions {
+    /// Messages moved in one run.
+    pub messages: u64,
+    /// The approximate size of one encoded envelope, in bytes (the body is padded to it).
+    pub payload_bytes: usize,
+    /// Messages per `publish_batch` call; the producer waits for each call to return
+    /// (every message accepted, durably where the backend is durable) before the next.
+    pub batch: usize,
+    /// The consumer's `max_in_flight`.
+    pub max_in_flight: usize,
+    /// Acknowledgements the consumer keeps in progress at once; 1 awaits each ack before
+    /// taking the next delivery. A backend whose acks are durable round trips (the
+    /// embedded bus commits them in groups) needs many in progress to batch them.
+    pub concurrent_acks: usize,
+}
+
+impl Default for ThroughputOptions {
+    fn default() -> Self {
+        Self {
+            messages: 20_000,
+            payload_bytes: 1024,
+            batch: 100,
+            max_in_flight: 256,
+            concurrent_acks: 1,
+        }
+    }
+}
+
+/// One side's figures: the bus, or a raw client library doing the same work.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SideResult {
+    /// From the first publish to the last acknowledgement.
+    pub elapsed: Duration,
+    /// Messages published and consumed per second over `elapsed`.
+    pub messages_per_second: f64,
+    /// Publish-to-deliver latency: from just before a message's batch is published to the
+    /// consumer receiving it.
+    pub p50_latency: Duration,
+    pub p99_latency: Duration,
+}
+
+impl SideResult {
+    /// Figures from the elapsed time and one latency sample (in microseconds) per message.
+    pub fn new(elapsed: Duration, messages: u64, mut latencies_us: Vec<u64>) -> Self {
+        latencies_us.sort_unstable();
+        let at = |q: f64| Duration::from_micros(percentile(&latencies_us, q));
+        Self {
+            elapsed,
+            messages_per_second: messages as f64 / elapsed.as_secs_f64(),
+            p50_latency: at(0.50),
+            p99_latency: at(0.99),
+        }
+    }
+
+    /// The run with the median throughput.
+    pub fn median(mut runs: Vec<SideResult>) -> Option<SideResult> {
+        runs.sort_by(|a, b| a.messages_per_second.total_cmp(&b.messages_per_second));
+        runs.get(runs.len() / 2).copied()
+    }
+}
+
+/// The bus against its raw client library, on the same broker, in the same run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// Every run of each side, in the order they ran (raw and bus alternate).
+    pub bus_runs: Vec<SideResult>,
+    pub raw_runs: Vec<SideResult>,
+}
+
+impl Comparison {
+    /// The median bus run.
+    pub fn bus(&self) -> Option<SideResult> {
+        SideResult::median(self.bus_runs.clone())
+    }
+
+    /// The median raw run.
+    pub fn raw(&self) -> Option<SideResult> {
+        SideResult::median(self.raw_runs.clone())
+    }
+
+    /// Bus throughput over raw throughput in each run (a bus run over the raw run just
+    /// before it).
+    pub fn run_ratios(&self) -> Vec<f64> {
+        self.raw_runs
+            .iter()
+            .zip(&self.bus_runs)
+            .map(|(raw, bus)| bus.messages_per_second / raw.messages_per_second)
+            .collect()
+    }
+
+    /// The median of [`Comparison::run_ratios`]: pairing each bus run with the raw run next
+    /// to it cancels most of the drift in a shared machine's load, which comparing the two
+    /// sides' medians would not.
+    pub fn ratio(&self) -> Option<f64> {
+        let mut ratios = self.run_ratios();
+        ratios.sort_by(f64::total_cmp);
+        ratios.get(ratios.len() / 2).copied()
+    }
+}
+
+/// Microseconds since `base`; carried in each message to measure latency.
+pub fn micros_since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A benchmark message whose encoded envelope is about as long as `pad` makes it; `t` is
+/// the send time ([`micros_since`]), filled in per batch.
+pub fn payload_message(topic: &Topic, n: u64, pad: &str) -> Message {
+    Message::new(
+        topic.clone(),
+        Envelope::new(
+            "/meridian/bench/oms",
+            "meridian.oms.order.created",
+            TenantId::new(),
+            format!("order-{}", n % 1024),
+            meridian_core::now(),
+            json!({ "n": n, "t": 0u64, "pad": pad }),
+        ),
+    )
+}
+
+/// The padding that brings [`payload_message`]'s encoded envelope to about
+/// `payload_bytes`.
+pub fn padding(topic: &Topic, payload_bytes: usize) -> Result<String, BusError> {
+    let overhead = payload_message(topic, 0, "").encode(usize::MAX)?.len();
+    Ok("x".repeat(payload_bytes.saturating_sub(overhead)))
+}
+
+/// The send time a [`payload_message`] carries.
+pub fn sent_at(message: &Message) -> u64 {
+    message.envelope.data["t"].as_u64().unwrap_or(0)
+}
+
+/// Moves `options.messages` messages of about `options.payload_bytes` on `topic` through
+/// `bus`: one producer publishing with `publish_batch`, one durable consumer (`bench`,
+/// subscribed to exactly `topic` before the first publish) acknowledging every message.
+/// The clock runs from the first publish to the last acknowledgement; the messages are
+/// built before it starts (building events is the caller's cost), only their send time is
+/// written per batch. Encoding, decoding, validation and acks are the bus's cost and are
+/// inside it.
+pub async fn bench_throughput(
+    bus: Arc<dyn Bus>,
+    topic: &Topic,
+    options: &ThroughputOptions,
+) -> Result<SideResult, BusError> {
+    let mut sub = bus
+        .subscribe(
+            &TopicPattern::exact(topic),
+            SubscribeOptions {
+                max_in_flight: options.max_in_flight.max(1),
+                ack_wait: Duration::from_secs(60),
+                ..SubscribeOptions::durable("bench")
+            },
+        )
+        .await?;
+    let pad = padding(topic, options.payload_bytes)?;
+    let total = options.messages;
+    let concurrent_acks = options.concurrent_acks.max(1);
+    let base = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(total as usize);
+        let mut acks = FuturesUnordered::new();
+        let mut received = 0;
+        while received < total {
+            if acks.len() >= concurrent_acks {
+                if let Some(acked) = acks.next().await {
+                    acked?;
+                }
+                continue;
+            }
+            // `next` is cancel-safe, so losing this race to an ack loses no delivery.
+            tokio::select! {
+                biased;
+                Some(acked) = acks.next(), if !acks.is_empty() => acked?,
+                delivery = sub.next() => {
+                    let delivery = delivery?;
+                    latencies.push(micros_since(base).saturating_sub(sent_at(&delivery.message)));
+                    received += 1;
+                    if concurrent_acks == 1 {
+                        delivery.ack().await?;
+                    } else {
+                        acks.push(delivery.ack());
+                    }
+                }
+            }
+        }
+        while let Some(acked) = acks.next().await {
+            acked?;
+        }
+        Ok::<_, BusError>((Instant::now(), latencies))
+    });
+    let mut batches: Vec<Vec<Message>> = Vec::new();
+    let mut n = 0;
+    while n < total {
+        let count = (total - n).min(options.batch.max(1) as u64);
+        batches.push(
+            (n..n + count)
+                .map(|i| payload_message(topic, i, &pad))
+                .collect(),
+        );
+        n += count;
+    }
+    let started = Instant::now();
+    for mut batch in batches {
+        let t = micros_since(base);
+        for m in &mut batch {
+            m.envelope.data["t"] = t.into();
+        }
+        for result in bus.publish_batch(batch).await {
+            result?;
+        }
+    }
+    let (finished, latencies) = consumer
+        .await
+        .map_err(|e| BusError::Internal(format!("bench consumer: {e}")))??;
+    Ok(SideResult::new(finished - started, total, latencies))
 }

@@ -11,10 +11,11 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use meridian_core::{Envelope, EventId, Timestamp, Topic};
 use serde_json::json;
 use tokio::sync::watch;
@@ -57,6 +58,38 @@ impl From<&str> for HandlerError {
 #[async_trait]
 pub trait Handler: Send + Sync {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError>;
+}
+
+/// Processes several messages at once (say, in one store transaction), reporting one result
+/// per message so that retries and dead letters still work message by message. Called at
+/// least once per message; must be idempotent. Messages come in delivery order.
+#[async_trait]
+pub trait BatchHandler: Send + Sync {
+    /// One result per message, in the order given. A result missing from the end counts as
+    /// a failure of that message.
+    async fn handle_batch(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>>;
+}
+
+/// Any [`Handler`] is a [`BatchHandler`] that handles the messages one after the other.
+#[async_trait]
+impl<H: Handler + ?Sized> BatchHandler for H {
+    async fn handle_batch(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>> {
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            out.push(self.handle(m).await);
+        }
+        out
+    }
+}
+
+/// A shared [`Handler`] as a [`BatchHandler`].
+struct OneByOne(Arc<dyn Handler>);
+
+#[async_trait]
+impl BatchHandler for OneByOne {
+    async fn handle_batch(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>> {
+        self.0.handle_batch(messages).await
+    }
 }
 
 /// A message that failed its last attempt.
@@ -201,38 +234,20 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
     let consumer = options.consumer.clone();
-    let mut failures = 0u32;
-    let mut subscription = loop {
-        let subscribed = tokio::select! {
-            biased;
-            () = shutdown_requested(&mut shutdown) => return Ok(()),
-            s = bus.subscribe(&pattern, options.clone()) => s,
-        };
-        match subscribed {
-            Ok(s) => break s,
-            Err(e) if transient(&e) => {
-                failures += 1;
-                warn!(pattern = %pattern, consumer = %consumer, error = %e, "cannot subscribe yet; retrying");
-                if !pause(RECONNECT_BACKOFF.backoff(failures), &mut shutdown).await {
-                    return Ok(());
-                }
-            }
-            Err(e) => return Err(e),
-        }
+    let Some(mut subscription) = subscribe(bus.as_ref(), &pattern, &options, &mut shutdown).await?
+    else {
+        return Ok(());
     };
-    let labels = [
-        ("pattern", pattern.to_string()),
-        ("consumer", consumer.clone()),
-    ];
+    let handler = OneByOne(handler);
     let step = Step {
-        meters: Meters::new(&labels),
+        meters: Meters::new(&labels(&pattern, &consumer)),
         bus: bus.as_ref(),
-        handler: handler.as_ref(),
+        handler: &handler,
         policy: &policy,
         dead_letters: dead_letters.as_ref(),
         consumer: &consumer,
     };
-    failures = 0;
+    let mut failures = 0u32;
     loop {
         let next = tokio::select! {
             biased;
@@ -244,18 +259,165 @@ pub async fn run(
                 failures = 0;
                 step.process(delivery).await;
             }
-            Err(BusError::Closed) => return Err(BusError::Closed),
-            Err(e) if transient(&e) => {
-                // The backend reconnects inside the subscription; asking again after a pause
-                // is all the loop can do, and giving up would silently stop a consumer.
-                failures += 1;
-                warn!(pattern = %pattern, consumer = %consumer, error = %e, failures, "bus unavailable; backing off");
-                if !pause(RECONNECT_BACKOFF.backoff(failures), &mut shutdown).await {
+            Err(e) => {
+                if !unavailable(e, &pattern, &consumer, &mut failures, &mut shutdown).await? {
                     return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// As [`run`], for a [`BatchHandler`], with several deliveries in progress at once.
+///
+/// The loop takes whatever deliveries are ready (up to `max_batch`, and never more than the
+/// subscription's `max_in_flight`), hands them to the handler in delivery order in one
+/// call, and settles each by its own result: ack, nack with backoff, or dead letter after
+/// the last attempt, exactly as [`run`] does. Settling runs concurrently with gathering and
+/// handling the next batch, so a backend whose acks are durable commits (the embedded bus)
+/// group-commits them while the handler works. The handler sees a batch only after the
+/// previous batch's handling finished, so a handler that applies its messages in order
+/// keeps the bus's per-key order. On shutdown the loop finishes the batch in progress and
+/// settles it before it returns.
+// The arguments of `run` plus the batch size; a builder would hide that symmetry.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_batched(
+    bus: Arc<dyn Bus>,
+    pattern: TopicPattern,
+    options: SubscribeOptions,
+    handler: Arc<dyn BatchHandler>,
+    max_batch: usize,
+    policy: RetryPolicy,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    let max_batch = max_batch.max(1);
+    let consumer = options.consumer.clone();
+    let Some(mut subscription) = subscribe(bus.as_ref(), &pattern, &options, &mut shutdown).await?
+    else {
+        return Ok(());
+    };
+    let step = Step {
+        meters: Meters::new(&labels(&pattern, &consumer)),
+        bus: bus.as_ref(),
+        handler: handler.as_ref(),
+        policy: &policy,
+        dead_letters: dead_letters.as_ref(),
+        consumer: &consumer,
+    };
+    let mut settling = FuturesUnordered::new();
+    let mut failures = 0u32;
+    let result = loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown_requested(&mut shutdown) => break Ok(()),
+            Some(()) = settling.next(), if !settling.is_empty() => continue,
+            d = subscription.next_batch(max_batch) => d,
+        };
+        let mut batch = match next {
+            Ok(batch) => batch,
+            Err(e) => {
+                // Settle what is in progress before pausing or returning.
+                while settling.next().await.is_some() {}
+                match unavailable(e, &pattern, &consumer, &mut failures, &mut shutdown).await {
+                    Ok(true) => continue,
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        failures = 0;
+        if batch.is_empty() {
+            continue;
+        }
+        // A backend whose `next_batch` hands over one delivery at a time: take the others
+        // that are ready too.
+        while batch.len() < max_batch {
+            // `next` is cancel-safe: a delivery not ready now stays for the next round.
+            match subscription.next().now_or_never() {
+                Some(Ok(delivery)) => batch.push(delivery),
+                // An error shows again on the next call, where it is handled.
+                Some(Err(_)) | None => break,
+            }
+        }
+        step.meters.delivered.increment(batch.len() as u64);
+        step.meters.in_flight.increment(batch.len() as f64);
+        let started = Instant::now();
+        let results = {
+            let messages: Vec<&Message> = batch.iter().map(|d| &d.message).collect();
+            let handled = step.call(&messages);
+            tokio::pin!(handled);
+            loop {
+                tokio::select! {
+                    biased;
+                    results = &mut handled => break results,
+                    Some(()) = settling.next(), if !settling.is_empty() => {}
+                }
+            }
+        };
+        for (delivery, result) in batch.into_iter().zip(results) {
+            settling.push(step.finish(delivery, result, started));
+        }
+    };
+    while settling.next().await.is_some() {}
+    result
+}
+
+/// Subscribes, retrying while the backend is unavailable; `None` if shutdown came first.
+async fn subscribe(
+    bus: &dyn Bus,
+    pattern: &TopicPattern,
+    options: &SubscribeOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Box<dyn crate::Subscription>>, BusError> {
+    let mut failures = 0u32;
+    loop {
+        let subscribed = tokio::select! {
+            biased;
+            () = shutdown_requested(shutdown) => return Ok(None),
+            s = bus.subscribe(pattern, options.clone()) => s,
+        };
+        match subscribed {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) if transient(&e) => {
+                failures += 1;
+                warn!(pattern = %pattern, consumer = %options.consumer, error = %e, "cannot subscribe yet; retrying");
+                if !pause(RECONNECT_BACKOFF.backoff(failures), shutdown).await {
+                    return Ok(None);
                 }
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+fn labels(pattern: &TopicPattern, consumer: &str) -> [(&'static str, String); 2] {
+    [
+        ("pattern", pattern.to_string()),
+        ("consumer", consumer.to_owned()),
+    ]
+}
+
+/// What the loop does when `next` fails: `Err` to stop with that error (the bus is closed,
+/// or the error is permanent), `Ok(false)` if shutdown came during the backoff, `Ok(true)`
+/// to ask again.
+async fn unavailable(
+    e: BusError,
+    pattern: &TopicPattern,
+    consumer: &str,
+    failures: &mut u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, BusError> {
+    match e {
+        BusError::Closed => Err(BusError::Closed),
+        e if transient(&e) => {
+            // The backend reconnects inside the subscription; asking again after a pause
+            // is all the loop can do, and giving up would silently stop a consumer.
+            *failures += 1;
+            warn!(pattern = %pattern, consumer = %consumer, error = %e, failures = *failures, "bus unavailable; backing off");
+            Ok(pause(RECONNECT_BACKOFF.backoff(*failures), shutdown).await)
+        }
+        e => Err(e),
     }
 }
 
@@ -318,10 +480,20 @@ impl Meters {
     }
 }
 
+fn span_for(delivery: &Delivery, consumer: &str) -> tracing::Span {
+    info_span!(
+        "bus.consume",
+        topic = %delivery.message.topic,
+        consumer = %consumer,
+        attempt = delivery.attempt,
+        event.id = %delivery.message.envelope.id,
+    )
+}
+
 struct Step<'a> {
     meters: Meters,
     bus: &'a dyn Bus,
-    handler: &'a dyn Handler,
+    handler: &'a dyn BatchHandler,
     policy: &'a RetryPolicy,
     dead_letters: &'a dyn DeadLetterSink,
     consumer: &'a str,
@@ -329,19 +501,46 @@ struct Step<'a> {
 
 impl Step<'_> {
     async fn process(&self, delivery: Delivery) {
-        let span = info_span!(
-            "bus.consume",
-            topic = %delivery.message.topic,
-            consumer = %self.consumer,
-            attempt = delivery.attempt,
-            event.id = %delivery.message.envelope.id,
-        );
+        self.meters.delivered.increment(1);
+        self.meters.in_flight.increment(1.0);
+        let started = Instant::now();
+        let result = self
+            .call(&[&delivery.message])
+            .instrument(span_for(&delivery, self.consumer))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(HandlerError::new("the handler returned no result")));
+        self.finish(delivery, result, started).await;
+    }
+
+    /// Calls the handler on `messages`. A panicking handler is a failed attempt for every
+    /// message, not a dead consumer: the loop must keep serving the other messages. The
+    /// result has exactly one entry per message.
+    async fn call(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>> {
+        let mut results = AssertUnwindSafe(self.handler.handle_batch(messages))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                vec![Err(HandlerError::new(format!("handler panicked: {what}"))); messages.len()]
+            });
+        results.truncate(messages.len());
+        results.resize_with(messages.len(), || {
+            Err(HandlerError::new("the handler returned no result"))
+        });
+        results
+    }
+
+    /// Settles one delivery by its handler result (started at `started`) and counts it.
+    async fn finish(&self, delivery: Delivery, result: Result<(), HandlerError>, started: Instant) {
+        let span = span_for(&delivery, self.consumer);
         let m = &self.meters;
-        m.delivered.increment(1);
-        m.in_flight.increment(1.0);
         let event_time = delivery.message.envelope.time;
-        let started = std::time::Instant::now();
-        let outcome = self.settle(delivery).instrument(span.clone()).await;
+        let outcome = self.settle(delivery, result).instrument(span.clone()).await;
         m.in_flight.decrement(1.0);
         m.handler.record(started.elapsed().as_secs_f64());
         match outcome {
@@ -360,21 +559,8 @@ impl Step<'_> {
         span.in_scope(|| debug!(?outcome, "delivery settled"));
     }
 
-    async fn settle(&self, delivery: Delivery) -> Outcome {
+    async fn settle(&self, delivery: Delivery, result: Result<(), HandlerError>) -> Outcome {
         let attempt = delivery.attempt;
-        // A panicking handler is a failed attempt, not a dead consumer: the loop must keep
-        // serving the other messages.
-        let result = AssertUnwindSafe(self.handler.handle(&delivery.message))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(HandlerError::new(format!("handler panicked: {what}")))
-            });
         match result {
             Ok(()) => match delivery.ack().await {
                 Ok(()) => Outcome::Acked,

@@ -10,11 +10,14 @@
 //!   after a delay, with its attempt count raised.
 //! - [`consumer::run`] is the backend-neutral consumer loop: handler, retries with
 //!   exponential backoff and jitter ([`RetryPolicy`]), and after the last attempt a dead
-//!   letter on `<topic>.dlq` with the reason and the attempt count.
+//!   letter on `<topic>.dlq` with the reason and the attempt count;
+//!   [`consumer::run_batched`] does the same for a [`BatchHandler`], with several
+//!   deliveries in flight and one result per message.
 //!
 //! Telemetry: [`MeteredBus`] wraps any backend and counts publishes (and their latency)
 //! per topic; [`consumer::run`] counts deliveries, acks, nacks, dead letters, messages in
-//! flight, handler time and end-to-end latency per subscription pattern and consumer.
+//! flight, handler time and end-to-end latency per subscription pattern and consumer;
+//! [`MeteredBus`] subscriptions sample the backend's [`Subscription::lag`] into a gauge.
 //! Neither labels by tenant.
 //!
 //! Backends say what they guarantee through [`Capabilities`]; tests and callers branch on
@@ -23,7 +26,8 @@
 //! `docs/specs/bus.md`.
 //!
 //! This crate also holds [`MemoryBus`], the in-process backend (not durable; the
-//! lowest-latency path), and [`bench::bench_memory`], its publish-to-deliver benchmark.
+//! lowest-latency path), and [`bench`], the benchmarks behind `meridian bench bus`
+//! ([`bench::bench_memory`] for the memory bus, [`bench::bench_throughput`] for any backend).
 //!
 //! # The conformance suite
 //!
@@ -53,7 +57,7 @@ mod pattern;
 mod port;
 mod retry;
 
-pub use consumer::{DeadLetter, DeadLetterSink, Handler, HandlerError, NoopSink};
+pub use consumer::{BatchHandler, DeadLetter, DeadLetterSink, Handler, HandlerError, NoopSink};
 pub use error::BusError;
 pub use memory::{MemoryBus, MemoryBusConfig};
 pub use metered::MeteredBus;

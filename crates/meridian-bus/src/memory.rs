@@ -13,6 +13,9 @@
 //!   batch rather than once per message, and a publisher wakes the consumer only when it is
 //!   parked. An idle consumer can spin briefly before parking ([`MemoryBusConfig::spin`]),
 //!   since a wake-up costs more than many messages.
+//! - `next_batch` hands over up to `max` messages from the swapped-out queue in one call,
+//!   counting them in flight with one atomic add, and `Delivery::ack_all` settles them in
+//!   place (`AckHandle::ack_now`), so a batch costs no future per message.
 //! - Which groups a topic reaches is computed once per topic and cached; a new or removed
 //!   group clears the cache. Only valid topics enter the cache, so a hit also means the
 //!   topic was validated.
@@ -505,10 +508,17 @@ struct MemoryAck {
 #[async_trait]
 impl AckHandle for MemoryAck {
     async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
-        self.settled = true;
         // The copy is dropped outside the queue's lock.
-        drop(self.member.settle(self.seq));
+        self.ack_in_place();
         Ok(())
+    }
+
+    fn ack_now(&mut self) -> Option<Result<(), BusError>> {
+        if self.settled {
+            return Some(Ok(()));
+        }
+        self.ack_in_place();
+        Some(Ok(()))
     }
 
     async fn nack(mut self: Box<Self>, delay: Duration) -> Result<(), BusError> {
@@ -544,6 +554,12 @@ impl AckHandle for MemoryAck {
 }
 
 impl MemoryAck {
+    /// Settled in place by [`Delivery::ack_all`]: the same as `ack`, without its future.
+    fn ack_in_place(&mut self) {
+        self.settled = true;
+        drop(self.member.settle(self.seq));
+    }
+
     fn redeliver(&self, message: Message, delay: Option<Duration>) {
         let pending = Pending {
             message,
@@ -589,6 +605,79 @@ struct MemorySubscription {
 
 impl MemorySubscription {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Delivery, BusError>> {
+        match self.poll_ready(cx) {
+            Poll::Ready(Ok(p)) => Poll::Ready(Ok(self.deliver(p))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// [`MemorySubscription::poll_next`] for up to `max` deliveries: the first as `next`
+    /// gets it, then what `local` already holds, within the in-flight limit.
+    fn poll_next_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Vec<Delivery>, BusError>> {
+        let first = match self.poll_ready(cx) {
+            Poll::Ready(Ok(p)) => p,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        // `poll_ready` checked that one more slot is free; the others are counted here.
+        let in_flight = self.member.in_flight.load(Ordering::SeqCst);
+        let room = self.max_in_flight.saturating_sub(in_flight).max(1);
+        let max = max.clamp(1, room);
+        let mut out = Vec::with_capacity(max.min(self.local_len_hint() + 1));
+        let deadline = self
+            .member
+            .track_unacked
+            .then(|| Instant::now() + self.member.ack_wait);
+        let mut copies = Vec::new();
+        let mut next = Some(first);
+        while let Some(p) = next {
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            if let Some(deadline) = deadline {
+                let copy = Unacked {
+                    message: p.message.clone(),
+                    attempt: p.attempt,
+                    deadline,
+                };
+                copies.push((seq, copy));
+            }
+            let ack = MemoryAck {
+                member: self.member.clone(),
+                seq,
+                attempt: p.attempt,
+                settled: false,
+            };
+            out.push(Delivery::new(p.message, p.attempt, None, Box::new(ack)));
+            next = if out.len() < max {
+                self.pop_local()
+            } else {
+                None
+            };
+        }
+        // Counted once for the whole batch; nothing can settle these before they are
+        // returned.
+        self.member.in_flight.fetch_add(out.len(), Ordering::SeqCst);
+        if !copies.is_empty() {
+            self.member.queue.lock().unacked.extend(copies);
+        }
+        Poll::Ready(Ok(out))
+    }
+
+    /// How many messages the front batch of `local` still holds (a capacity hint).
+    fn local_len_hint(&self) -> usize {
+        self.local
+            .front()
+            .map_or(0, |b| usize::from(b.first.is_some()) + b.rest.len())
+    }
+
+    /// Waits until a message can be delivered (a free in-flight slot and a message) and
+    /// takes it from `local`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<Pending, BusError>> {
         loop {
             if self.inner.closed.load(Ordering::Relaxed) {
                 return Poll::Ready(Err(BusError::Closed));
@@ -609,7 +698,7 @@ impl MemorySubscription {
                 continue;
             }
             if let Some(p) = self.pop_local() {
-                return Poll::Ready(Ok(self.deliver(p)));
+                return Poll::Ready(Ok(p));
             }
             self.spin_for_pushes();
             let deadline = {
@@ -699,11 +788,11 @@ impl MemorySubscription {
 
     /// Returns `Pending`, arming the timer for `deadline` (a nack's due time or an ack
     /// wait's expiry); wakes at once if the deadline already passed.
-    fn park_on_timer(
+    fn park_on_timer<T>(
         &mut self,
         cx: &mut Context<'_>,
         deadline: Option<Instant>,
-    ) -> Poll<Result<Delivery, BusError>> {
+    ) -> Poll<Result<T, BusError>> {
         let Some(deadline) = deadline else {
             return Poll::Pending;
         };
@@ -749,6 +838,11 @@ impl Subscription for MemorySubscription {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         // Cancel-safe: a message leaves `local` only in the poll that returns it.
         std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        // Cancel-safe as `next`: messages leave `local` only in the poll that returns them.
+        std::future::poll_fn(|cx| self.poll_next_batch(cx, max)).await
     }
 }
 

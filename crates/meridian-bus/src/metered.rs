@@ -1,7 +1,8 @@
-//! [`MeteredBus`]: any [`Bus`] with Prometheus metrics on its publishes.
+//! [`MeteredBus`]: any [`Bus`] with Prometheus metrics on its publishes and its
+//! consumers' lag.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -15,6 +16,12 @@ use crate::{Bus, BusError, Capabilities, Message, SubscribeOptions, Subscription
 ///
 /// `topic` is the full topic, whose segments are the deployment, the domain and the event
 /// type: a set fixed by the code, so the label stays bounded. Tenants never appear in it.
+///
+/// Its subscriptions export `meridian_bus_consumer_lag{consumer, pattern}`: the backend's
+/// [`Subscription::lag`] (messages held for the consumer and not yet acknowledged), sampled
+/// at most once per [`LAG_SAMPLE_INTERVAL`] when the consumer asks for its next delivery,
+/// never per message. Backends that cannot tell export nothing.
+///
 /// Consumer-side metrics are recorded by [`crate::consumer::run`], labelled by pattern.
 pub struct MeteredBus {
     inner: Arc<dyn Bus>,
@@ -86,10 +93,64 @@ impl Bus for MeteredBus {
         pattern: &TopicPattern,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        self.inner.subscribe(pattern, options).await
+        let consumer = options.consumer.clone();
+        let inner = self.inner.subscribe(pattern, options).await?;
+        Ok(Box::new(MeteredSubscription {
+            inner,
+            lag: metrics::gauge!(
+                "meridian_bus_consumer_lag",
+                "pattern" => pattern.to_string(),
+                "consumer" => consumer,
+            ),
+            sampled: None,
+        }))
     }
 
     async fn ping(&self) -> Result<(), BusError> {
         self.inner.ping().await
+    }
+}
+
+/// How often a subscription's lag is sampled.
+pub const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A subscription that samples its backend's lag into a gauge.
+struct MeteredSubscription {
+    inner: Box<dyn Subscription>,
+    lag: metrics::Gauge,
+    sampled: Option<Instant>,
+}
+
+impl MeteredSubscription {
+    async fn sample(&mut self) {
+        if self
+            .sampled
+            .is_some_and(|at| at.elapsed() < LAG_SAMPLE_INTERVAL)
+        {
+            return;
+        }
+        self.sampled = Some(Instant::now());
+        if let Some(lag) = self.inner.lag().await {
+            #[allow(clippy::cast_precision_loss)]
+            self.lag.set(lag as f64);
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for MeteredSubscription {
+    async fn next(&mut self) -> Result<crate::Delivery, BusError> {
+        // Sampled before waiting, so that waiting stays cancel-safe.
+        self.sample().await;
+        self.inner.next().await
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<crate::Delivery>, BusError> {
+        self.sample().await;
+        self.inner.next_batch(max).await
+    }
+
+    async fn lag(&mut self) -> Option<u64> {
+        self.inner.lag().await
     }
 }

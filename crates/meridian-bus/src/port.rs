@@ -132,6 +132,14 @@ pub trait AckHandle: Send + Sync {
         drop(message);
         self.nack(delay).await
     }
+
+    /// Acknowledges in place, without a future, where the backend can (an in-process
+    /// backend). `None` means it cannot: the delivery is still unsettled and the caller
+    /// awaits [`AckHandle::ack`]. [`Delivery::ack_all`] tries this first; the default
+    /// returns `None`.
+    fn ack_now(&mut self) -> Option<Result<(), BusError>> {
+        None
+    }
 }
 
 /// One delivery of a message to a subscription.
@@ -179,6 +187,21 @@ impl Delivery {
     pub async fn nack(self, delay: Duration) -> Result<(), BusError> {
         self.handle.nack_with(self.message, delay).await
     }
+
+    /// Acknowledges every delivery, in order, as [`Delivery::ack`] would, settling in place
+    /// where the backend can ([`AckHandle::ack_now`]) so that a batch from
+    /// [`Subscription::next_batch`] costs no future per message. Stops at the first error;
+    /// the deliveries after it are dropped unsettled, which redelivers them as any abandoned
+    /// delivery is.
+    pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BusError> {
+        for mut d in deliveries {
+            match d.handle.ack_now() {
+                Some(result) => result?,
+                None => d.ack().await?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An open subscription. Dropping it stops deliveries; unacknowledged ones are redelivered
@@ -190,6 +213,25 @@ pub trait Subscription: Send {
     /// Cancel-safe: if the returned future is dropped before it completes, no delivery is
     /// lost (callers `select!` over it with shutdown signals and timeouts).
     async fn next(&mut self) -> Result<Delivery, BusError>;
+
+    /// Between 1 and `max` deliveries: waits for the first as [`Subscription::next`] does,
+    /// then adds those already available without waiting (never more than `max_in_flight`
+    /// allows). Settle them one by one or together with [`Delivery::ack_all`]. Cancel-safe
+    /// like `next`. The default returns one delivery from `next`; backends that hold
+    /// messages in batches override it to hand a batch over in one call.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let _ = max;
+        Ok(vec![self.next().await?])
+    }
+
+    /// The consumer's lag: how many messages the backend holds for this subscription's
+    /// consumer (its group) that are not yet acknowledged, where the backend can tell
+    /// cheaply; `None` where it cannot (the default). A gauge to sample now and then (as
+    /// [`crate::MeteredBus`] does), not a per-message figure; each backend documents what
+    /// it counts.
+    async fn lag(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// The bus contract.

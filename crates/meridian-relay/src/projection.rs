@@ -5,10 +5,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use meridian_bus::consumer::{self, DeadLetterSink};
 use meridian_bus::{
-    Bus, BusError, Handler, HandlerError, Message, RetryPolicy, StartAt, SubscribeOptions,
+    BatchHandler, Bus, BusError, HandlerError, Message, RetryPolicy, StartAt, SubscribeOptions,
     TopicPattern,
 };
-use meridian_store::Store;
+use meridian_core::Envelope;
+use meridian_store::{Store, StoreError};
 use tokio::sync::watch;
 
 /// The consumer name: its bus subscription and its inbox rows.
@@ -39,24 +40,59 @@ impl OrderEventsProjection {
     }
 }
 
+/// The most events recorded in one store transaction.
+pub const ORDER_EVENTS_BATCH: usize = 256;
+
 #[async_trait]
-impl Handler for OrderEventsProjection {
-    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
-        let recorded = self
+impl BatchHandler for OrderEventsProjection {
+    /// Records the whole batch in one store transaction, in delivery order (so each order's
+    /// events stay in order). If the store refuses the batch because of one event (one that
+    /// is not an order event), the events are recorded one by one, so only that one fails
+    /// and goes on to its retries and dead letter.
+    async fn handle_batch(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>> {
+        let events: Vec<Envelope> = messages.iter().map(|m| m.envelope.clone()).collect();
+        match self
             .store
-            .record_order_event(ORDER_EVENTS_CONSUMER, &message.envelope)
+            .record_order_events(ORDER_EVENTS_CONSUMER, &events)
             .await
-            .map_err(|e| HandlerError::new(format!("cannot record the order event: {e}")))?;
-        if !recorded {
-            tracing::debug!(event.id = %message.envelope.id, "order event already recorded");
+        {
+            Ok(recorded) => {
+                let repeats = recorded.iter().filter(|r| !**r).count();
+                if repeats > 0 {
+                    tracing::debug!(repeats, "order events already recorded");
+                }
+                vec![Ok(()); messages.len()]
+            }
+            Err(StoreError::Validation(_)) if events.len() > 1 => {
+                let mut results = Vec::with_capacity(events.len());
+                for event in &events {
+                    results.push(self.record_one(event).await);
+                }
+                results
+            }
+            Err(e) => {
+                let e = HandlerError::new(format!("cannot record the order events: {e}"));
+                vec![Err(e); messages.len()]
+            }
         }
-        Ok(())
+    }
+}
+
+impl OrderEventsProjection {
+    async fn record_one(&self, event: &Envelope) -> Result<(), HandlerError> {
+        self.store
+            .record_order_event(ORDER_EVENTS_CONSUMER, event)
+            .await
+            .map(|_| ())
+            .map_err(|e| HandlerError::new(format!("cannot record the order event: {e}")))
     }
 }
 
 fn options() -> SubscribeOptions {
     SubscribeOptions {
         start: StartAt::Earliest,
+        // Enough for several full batches: one being recorded, others being acknowledged.
+        max_in_flight: 4 * ORDER_EVENTS_BATCH,
         ..SubscribeOptions::durable(ORDER_EVENTS_CONSUMER)
     }
 }
@@ -84,11 +120,12 @@ pub async fn run_order_events(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
     let pattern = order_events_pattern(deployment)?;
-    consumer::run(
+    consumer::run_batched(
         bus,
         pattern,
         options(),
         Arc::new(OrderEventsProjection::new(store)),
+        ORDER_EVENTS_BATCH,
         RetryPolicy::default(),
         dead_letters,
         shutdown,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use meridian_bus::{
     Bus, BusError, Capabilities, MemoryBus, Message, NoopSink, SubscribeOptions, Subscription,
     TopicPattern,
@@ -309,4 +310,89 @@ async fn a_message_the_projection_cannot_handle_is_dead_lettered_in_the_store_an
     );
     stop.send(true).unwrap();
     consumer.await.unwrap().unwrap();
+}
+
+/// Waits until the outbox has no unsent row.
+async fn drained(store: &dyn Store) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.outbox_unsent_count().await.unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox was not drained"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn quick() -> RelayConfig {
+    RelayConfig {
+        poll_interval: Duration::from_millis(10),
+        standby_interval: Duration::from_millis(50),
+        ..RelayConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_publishes_and_a_standby_takes_over_when_it_stops() {
+    let f = fixture().await;
+    let bus = Arc::new(MemoryBus::new());
+    let mut watch_all = bus
+        .subscribe(
+            &TopicPattern::parse("deployment.relaytest.**").unwrap(),
+            SubscribeOptions::ephemeral("watch"),
+        )
+        .await
+        .unwrap();
+    // Two relays on one database, as two `meridian serve` processes would be; the second
+    // opens the database on its own, so its lock is its own too.
+    let second_store = meridian_store::open(
+        StoreConfig::Sqlite(SqliteConfig::new(f._dir.path().join("m.db"))),
+        EventSource::new("relaytest").unwrap(),
+    )
+    .await
+    .unwrap();
+    let (stop_a, shutdown_a) = watch::channel(false);
+    let (stop_b, shutdown_b) = watch::channel(false);
+    let a = tokio::spawn(Relay::new(f.store.clone(), bus.clone(), quick()).run(shutdown_a));
+    // A is active once it has published the fixture's rows; only then does B start.
+    drained(f.store.as_ref()).await;
+    let b = tokio::spawn(Relay::new(second_store.clone(), bus.clone(), quick()).run(shutdown_b));
+    futures::future::join_all((0..20).map(|_| place(&f))).await;
+    drained(f.store.as_ref()).await;
+
+    // A stops (its lock is released); B takes over and publishes what comes next.
+    stop_a.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), a)
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..10 {
+        place(&f).await;
+    }
+    drained(f.store.as_ref()).await;
+
+    // Every row reached the bus exactly once: 3 fixture rows and 30 orders.
+    let rows = f.store.outbox_after(0, 1000).await.unwrap();
+    assert_eq!(rows.len(), 33);
+    let mut got = Vec::new();
+    for _ in 0..rows.len() {
+        let d = tokio::time::timeout(Duration::from_secs(5), watch_all.next())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(d.message.envelope.id);
+        d.ack().await.unwrap();
+    }
+    let want: Vec<_> = rows.iter().map(|r| r.envelope.id).collect();
+    assert_eq!(got, want, "each row once, in seq order");
+    stop_b.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), b)
+        .await
+        .unwrap()
+        .unwrap();
+    // Both relays have stopped: anything more would already be queued.
+    assert!(
+        watch_all.next().now_or_never().is_none(),
+        "a row was published twice"
+    );
 }

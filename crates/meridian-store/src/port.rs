@@ -234,6 +234,16 @@ pub struct DeadLetterRecord {
     pub replayed_at: Option<Timestamp>,
 }
 
+/// The lock held by a database's one active outbox relay (see [`Store::try_lock_relay`]).
+/// Dropping it releases the lock.
+#[async_trait]
+pub trait RelayLock: Send + Sync + std::fmt::Debug {
+    /// Whether the lock is still held. A file lock is held until dropped; an advisory lock
+    /// is lost with its connection, and a relay that lost it must stop publishing and try
+    /// to take it again.
+    async fn is_held(&self) -> bool;
+}
+
 /// The store contract. Every method that takes a [`TenantId`] sees only that tenant's rows:
 /// another tenant's SKU, warehouse or order is `NotFound`, exactly as if it did not exist.
 ///
@@ -424,6 +434,15 @@ pub trait Store: Send + Sync + 'static {
     /// Marks these outbox rows sent (now). Unknown or already-sent seqs are ignored, so a
     /// relay that repeats itself after a crash changes nothing.
     async fn mark_outbox_sent(&self, seqs: &[i64]) -> Result<()>;
+    /// How many outbox rows are not yet marked sent: the relay's backlog.
+    async fn outbox_unsent_count(&self) -> Result<u64>;
+    /// Tries to become this database's one active outbox relay: `Some` with the lock if no
+    /// other relay (in this process or another) holds it, `None` at once if one does. The
+    /// lock is released when the returned value is dropped, or when the process holding it
+    /// dies. SQLite: an exclusive lock on the file `<database>.relay.lock` next to the
+    /// database. PostgreSQL: a session-level advisory lock (keyed by the schema) held on a
+    /// connection of its own.
+    async fn try_lock_relay(&self) -> Result<Option<Box<dyn RelayLock>>>;
 
     // --- inbox and the order-events projection ---
     /// Records `event` in the order-events projection for `consumer`, idempotently: in one
@@ -431,6 +450,13 @@ pub trait Store: Send + Sync + 'static {
     /// the projection. Returns `false`, and writes nothing, if the inbox already holds the
     /// pair (a redelivery).
     async fn record_order_event(&self, consumer: &str, event: &Envelope) -> Result<bool>;
+    /// As [`Store::record_order_event`] for many events in ONE transaction: returns, for each
+    /// event in order, whether it was recorded now (`false` for one the inbox already held,
+    /// including an earlier copy in the same slice). Events are appended to the projection
+    /// in slice order, so a consumer that passes them in delivery order keeps each order's
+    /// events in order. Fails as a whole (and writes nothing) if any event is not an order
+    /// event or the store fails.
+    async fn record_order_events(&self, consumer: &str, events: &[Envelope]) -> Result<Vec<bool>>;
     /// The recorded events of one order, oldest first. `NotFound` if the tenant has no such
     /// order (including another tenant's order).
     async fn order_events(&self, tenant: TenantId, order: OrderId) -> Result<Vec<OrderEvent>>;

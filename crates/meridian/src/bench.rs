@@ -25,8 +25,9 @@ pub enum BenchCommand {
     /// Place orders of 1 to 3 lines with N concurrent clients; report throughput, latency
     /// and whether any stock was oversold.
     Orders(OrdersArgs),
-    /// Move messages through a bus backend with one producer and one consumer; report the
-    /// amortized publish-to-deliver cost per message.
+    /// Move messages through a bus backend with one producer and one consumer; report
+    /// throughput and publish-to-deliver latency (memory: the amortized cost per message;
+    /// nats and rabbitmq: against their raw client library in the same run).
     Bus(BusArgs),
     /// Measure what the gateway adds (bearer verification and the rate limit) to a trivial
     /// route, against the same route without it; report throughput and latency of both.
@@ -37,21 +38,45 @@ mod gateway;
 
 #[derive(Args, Clone)]
 pub struct BusArgs {
-    /// The backend to measure: memory.
+    /// The backend to measure: memory, embedded (SQLite), nats or rabbitmq.
     #[arg(long, default_value = "memory")]
     backend: String,
-    /// Messages moved through the bus.
-    #[arg(long, default_value_t = 1_000_000)]
-    messages: u64,
-    /// Messages per publish_batch call (1: one publish per message).
+    /// The broker for nats (default nats://127.0.0.1:4222) and rabbitmq (default
+    /// amqp://guest:guest@127.0.0.1:5672/%2f).
+    #[arg(long)]
+    url: Option<String>,
+    /// Messages moved through the bus per run (default: 1,000,000 for memory, 100,000 for
+    /// embedded, 20,000 for nats and rabbitmq).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Messages per publish_batch call, 1 = one publish per message (default: 256 for
+    /// memory, 100 otherwise).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// memory: deliveries taken per next_batch call and settled with one ack_all; 1 calls
+    /// next and ack per message.
     #[arg(long, default_value_t = 256)]
-    batch: usize,
-    /// Keep no copy of delivered messages (see MemoryBusConfig::track_unacked).
+    receive_batch: usize,
+    /// memory: keep no copy of delivered messages (see MemoryBusConfig::track_unacked).
     #[arg(long)]
     untracked: bool,
-    /// Microseconds an idle consumer spins before parking (see MemoryBusConfig::spin).
+    /// memory: microseconds an idle consumer spins before parking (MemoryBusConfig::spin).
     #[arg(long, default_value_t = 20)]
     spin_us: u64,
+    /// embedded, nats, rabbitmq: the approximate size of one message, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// embedded, nats, rabbitmq: the consumer's max_in_flight (prefetch).
+    #[arg(long, default_value_t = 256)]
+    prefetch: usize,
+    /// embedded, nats, rabbitmq: runs (for nats and rabbitmq, of each side, alternating
+    /// raw and bus); the median run is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// nats: plain acks (no server confirmation) on both sides instead of the bus's default
+    /// confirmed acks.
+    #[arg(long)]
+    plain_acks: bool,
 }
 
 #[derive(Args, Clone)]
@@ -130,29 +155,40 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     result
 }
 
-/// `meridian bench bus`: the figure is wall time from the first publish to the last ack,
-/// divided by the messages (see `meridian_bus::bench`).
+/// `meridian bench bus`: one producer and one consumer through the chosen backend (see
+/// `meridian_bus::bench` and the backends' `bench` modules).
 async fn run_bus(args: BusArgs) -> Result<()> {
-    ensure!(args.messages > 0, "--messages must be positive");
+    ensure!(args.messages != Some(0), "--messages must be positive");
+    ensure!(args.rounds > 0, "--rounds must be positive");
     match args.backend.as_str() {
-        "memory" => {}
-        other => bail!("invalid --backend {other:?}: this benchmark measures memory"),
+        "memory" => run_bus_memory(&args).await,
+        "embedded" => run_bus_embedded(&args).await,
+        "nats" => run_bus_nats(&args).await,
+        "rabbitmq" => run_bus_rabbitmq(&args).await,
+        other => bail!("invalid --backend {other:?}: expected memory, embedded, nats or rabbitmq"),
     }
+}
+
+async fn run_bus_memory(args: &BusArgs) -> Result<()> {
     let options = meridian_bus::bench::BenchOptions {
-        messages: args.messages,
-        batch: args.batch,
+        messages: args.messages.unwrap_or(1_000_000),
+        batch: args.batch.unwrap_or(256),
         track_unacked: !args.untracked,
         spin: Duration::from_micros(args.spin_us),
+        receive_batch: args.receive_batch,
     };
     let r = meridian_bus::bench::bench_memory_with(options).await?;
     println!(
-        "bus memory: {} messages, batch {}, track_unacked {}, spin {} us",
-        args.messages, options.batch, options.track_unacked, args.spin_us
+        "bus memory: {} messages, publish batch {}, receive batch {}, track_unacked {}, spin {} us",
+        options.messages, options.batch, options.receive_batch, options.track_unacked, args.spin_us
     );
     println!("  elapsed:    {:.3} s", r.elapsed.as_secs_f64());
-    println!("  throughput: {:.0} messages/s", r.messages_per_second);
     println!(
-        "  amortized:  {:.1} ns/message publish-to-deliver (publish, next, ack, free)",
+        "  throughput: {:.0} messages/s published and consumed",
+        r.messages_per_second
+    );
+    println!(
+        "  amortized:  {:.1} ns/message publish-to-deliver (publish, receive, ack, free)",
         r.ns_per_message
     );
     println!(
@@ -160,15 +196,171 @@ async fn run_bus(args: BusArgs) -> Result<()> {
         r.median_round_ns_per_message
     );
     println!(
+        "  latency (publish_batch call to delivery of the batch's last message): p50 {:.1} us, p99 {:.1} us",
+        r.p50_latency.as_secs_f64() * 1e6,
+        r.p99_latency.as_secs_f64() * 1e6
+    );
+    println!(
         "  of which freeing the envelope: {:.1} ns; the bus itself: {:.1} ns",
         r.drop_ns_per_message,
         r.transport_ns_per_message()
+    );
+    println!(
+        "  freeing the same message as one buffer (its encoded bytes): {:.1} ns, so a one-block message type would cost about {:.1} ns/message",
+        r.encoded_drop_ns_per_message,
+        r.transport_ns_per_message() + r.encoded_drop_ns_per_message
     );
     println!(
         "  baseline: a bare tokio mpsc channel moves the same messages at {:.1} ns/message",
         r.channel_ns_per_message
     );
     Ok(())
+}
+
+fn throughput_options(
+    args: &BusArgs,
+    default_messages: u64,
+) -> meridian_bus::bench::ThroughputOptions {
+    meridian_bus::bench::ThroughputOptions {
+        messages: args.messages.unwrap_or(default_messages),
+        payload_bytes: args.payload_bytes,
+        batch: args.batch.unwrap_or(100),
+        max_in_flight: args.prefetch.max(1),
+        concurrent_acks: 1,
+    }
+}
+
+fn print_side(name: &str, side: &meridian_bus::bench::SideResult) {
+    println!(
+        "  {name:>14}: {:>8.0} msg/s  p50 {:>8.2} ms  p99 {:>8.2} ms  ({:.2} s)",
+        side.messages_per_second,
+        side.p50_latency.as_secs_f64() * 1e3,
+        side.p99_latency.as_secs_f64() * 1e3,
+        side.elapsed.as_secs_f64()
+    );
+}
+
+/// Prints every run and the medians of a bus-against-raw comparison.
+fn print_comparison(
+    raw_name: &str,
+    bus_name: &str,
+    c: &meridian_bus::bench::Comparison,
+) -> Result<()> {
+    let ratios = c.run_ratios();
+    for (i, ((raw, bus), ratio)) in c.raw_runs.iter().zip(&c.bus_runs).zip(&ratios).enumerate() {
+        println!("  run {}: bus / raw {:.1}%", i + 1, ratio * 100.0);
+        print_side(raw_name, raw);
+        print_side(bus_name, bus);
+    }
+    let (raw, bus, ratio) = match (c.raw(), c.bus(), c.ratio()) {
+        (Some(raw), Some(bus), Some(ratio)) => (raw, bus, ratio),
+        _ => bail!("the benchmark produced no runs"),
+    };
+    println!("  median of {} runs:", c.bus_runs.len());
+    print_side(raw_name, &raw);
+    print_side(bus_name, &bus);
+    println!(
+        "  bus / raw throughput: {:.1}% (median of the runs' ratios; medians' ratio {:.1}%)",
+        ratio * 100.0,
+        bus.messages_per_second / raw.messages_per_second * 100.0
+    );
+    Ok(())
+}
+
+/// The embedded bus on a fresh SQLite file per run, in a temporary directory: every
+/// publish and every ack is durable (committed) before it returns. Acks are kept in
+/// progress up to `--prefetch` at once, so the bus can commit them in groups.
+async fn run_bus_embedded(args: &BusArgs) -> Result<()> {
+    use meridian_bus_embedded::{EmbeddedBus, EmbeddedConfig};
+    let options = meridian_bus::bench::ThroughputOptions {
+        concurrent_acks: args.prefetch.max(1),
+        ..throughput_options(args, 100_000)
+    };
+    println!(
+        "bus embedded (SQLite, durable): {} messages of ~{} bytes, publish batch {}, max_in_flight {}, {} acks in progress",
+        options.messages,
+        options.payload_bytes,
+        options.batch,
+        options.max_in_flight,
+        options.concurrent_acks
+    );
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        let dir = tempfile::tempdir()?;
+        let bus = EmbeddedBus::open(EmbeddedConfig::Sqlite {
+            path: dir.path().join("bus.db"),
+        })
+        .await?;
+        let topic = meridian_core::Topic::platform("bench", "oms", "order.created");
+        let r = meridian_bus::bench::bench_throughput(Arc::new(bus), &topic, &options).await?;
+        print_side(&format!("run {}", round + 1), &r);
+        runs.push(r);
+    }
+    let median =
+        meridian_bus::bench::SideResult::median(runs).context("the benchmark produced no runs")?;
+    print_side("median", &median);
+    Ok(())
+}
+
+#[cfg(feature = "bus-nats")]
+async fn run_bus_nats(args: &BusArgs) -> Result<()> {
+    use meridian_bus_nats::bench::{self, BenchOptions};
+    let defaults = BenchOptions::default();
+    let options = BenchOptions {
+        url: args.url.clone().unwrap_or(defaults.url),
+        messages: args.messages.unwrap_or(defaults.messages),
+        payload_bytes: args.payload_bytes,
+        batch: args.batch.unwrap_or(defaults.batch),
+        prefetch: args.prefetch.max(1),
+        confirm_acks: !args.plain_acks,
+        rounds: args.rounds,
+    };
+    println!(
+        "bus nats: {} messages of ~{} bytes, publish batch {}, prefetch {}, {} acks; {} alternating runs per side",
+        options.messages,
+        options.payload_bytes,
+        options.batch,
+        options.prefetch,
+        if options.confirm_acks {
+            "confirmed"
+        } else {
+            "plain"
+        },
+        options.rounds
+    );
+    let c = bench::run(&options).await?;
+    print_comparison("raw async-nats", "nats bus", &c)
+}
+
+#[cfg(not(feature = "bus-nats"))]
+async fn run_bus_nats(_: &BusArgs) -> Result<()> {
+    bail!("--backend nats needs the binary built with the feature bus-nats")
+}
+
+#[cfg(feature = "bus-rabbitmq")]
+async fn run_bus_rabbitmq(args: &BusArgs) -> Result<()> {
+    use meridian_bus_rabbitmq::bench::{self, BenchOptions};
+    let defaults = BenchOptions::default();
+    let options = BenchOptions {
+        url: args.url.clone().unwrap_or(defaults.url),
+        messages: args.messages.unwrap_or(defaults.messages),
+        payload_bytes: args.payload_bytes,
+        batch: args.batch.unwrap_or(defaults.batch),
+        prefetch: u16::try_from(args.prefetch.max(1))
+            .context("--prefetch is at most 65535 for rabbitmq")?,
+        rounds: args.rounds,
+    };
+    println!(
+        "bus rabbitmq: {} messages of ~{} bytes, confirmed publish batch {}, prefetch {}; {} alternating runs per side",
+        options.messages, options.payload_bytes, options.batch, options.prefetch, options.rounds
+    );
+    let c = bench::run(&options).await?;
+    print_comparison("raw lapin", "rabbitmq bus", &c)
+}
+
+#[cfg(not(feature = "bus-rabbitmq"))]
+async fn run_bus_rabbitmq(_: &BusArgs) -> Result<()> {
+    bail!("--backend rabbitmq needs the binary built with the feature bus-rabbitmq")
 }
 
 async fn start_target(args: &OrdersArgs, client: &reqwest::Client) -> Result<Target> {
@@ -434,6 +626,8 @@ async fn drive(args: &OrdersArgs, client: &reqwest::Client, target: &Target) -> 
         "measuring {} clients for {} s...",
         args.clients, args.duration
     );
+    // The relay's figures for the measured window only: seeding and warm-up are taken off.
+    let relay_before = scrape_metrics(client, &base).await.ok();
     let run = load(
         args,
         client,
@@ -466,6 +660,8 @@ async fn drive(args: &OrdersArgs, client: &reqwest::Client, target: &Target) -> 
         h.max() as f64 / 1000.0
     );
 
+    report_relay(client, &base, relay_before.as_deref()).await;
+
     let mut reserved = warm.reserved;
     for (k, v) in run.reserved {
         *reserved.entry(k).or_default() += v;
@@ -477,6 +673,186 @@ async fn drive(args: &OrdersArgs, client: &reqwest::Client, target: &Target) -> 
         run.errors + warm.errors
     );
     Ok(())
+}
+
+/// One sample of the server's `/metrics`: name, labels (as written) and value.
+type Metrics = Vec<(String, String, f64)>;
+
+async fn scrape_metrics(client: &reqwest::Client, base: &str) -> Result<Metrics> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some((name.to_owned(), labels.to_owned(), value))
+        })
+        .collect())
+}
+
+/// The sum of a metric's series whose labels contain `label_part`.
+fn metric_sum(m: &[(String, String, f64)], name: &str, label_part: &str) -> f64 {
+    m.iter()
+        .filter(|(n, l, _)| n == name && l.contains(label_part))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// The cumulative buckets `(le, count)` of an unlabelled histogram, minus those of `before`.
+fn histogram_buckets(
+    now: &Metrics,
+    before: Option<&[(String, String, f64)]>,
+    name: &str,
+) -> Vec<(f64, f64)> {
+    let bucket = format!("{name}_bucket");
+    let read = |m: &[(String, String, f64)]| -> Vec<(f64, f64)> {
+        let mut b: Vec<(f64, f64)> = m
+            .iter()
+            .filter(|(n, _, _)| *n == bucket)
+            .filter_map(|(_, l, v)| {
+                let le = l.split("le=\"").nth(1)?.trim_end_matches('"');
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, *v))
+            })
+            .collect();
+        b.sort_by(|x, y| x.0.total_cmp(&y.0));
+        b
+    };
+    let mut buckets = read(now);
+    if let Some(before) = before {
+        let old = read(before);
+        for (le, count) in &mut buckets {
+            if let Some((_, c)) = old.iter().find(|(l, _)| l == le) {
+                *count -= c;
+            }
+        }
+    }
+    buckets
+}
+
+/// The `q` quantile from cumulative buckets, interpolated linearly inside the bucket as
+/// Prometheus' `histogram_quantile` does; `None` without samples.
+fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let inside = count - lower.1;
+            let frac = if inside > 0.0 {
+                (rank - lower.1) / inside
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (le - lower.0) * frac);
+        }
+        lower = (le, count);
+    }
+    None
+}
+
+/// Order events the relay published and the order-events projection has not settled yet.
+fn projection_backlog(m: &Metrics) -> f64 {
+    let published: f64 = m
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "meridian_bus_published_total"
+                && l.contains(".platform.oms.order.")
+                && !l.contains(".dlq")
+        })
+        .map(|(_, _, v)| v)
+        .sum();
+    let consumer = "consumer=\"order-events\"";
+    let settled = metric_sum(m, "meridian_bus_acked_total", consumer)
+        + metric_sum(m, "meridian_bus_dead_lettered_total", consumer);
+    (published - settled).max(0.0)
+}
+
+/// Prints the relay's lag over the measured window and whether the relay and the
+/// projection kept up: their backlog when the load stopped, and how long they took to
+/// empty it. Reports what it could not read instead of failing the benchmark.
+async fn report_relay(
+    client: &reqwest::Client,
+    base: &str,
+    before: Option<&[(String, String, f64)]>,
+) {
+    let at_end = match scrape_metrics(client, base).await {
+        Ok(m) => m,
+        Err(e) => {
+            println!("  relay:      cannot read {base}/metrics: {e}");
+            return;
+        }
+    };
+    let buckets = histogram_buckets(&at_end, before, meridian_relay::OUTBOX_LAG);
+    let published = buckets.last().map_or(0.0, |b| b.1);
+    match (
+        bucket_quantile(&buckets, 0.5),
+        bucket_quantile(&buckets, 0.99),
+    ) {
+        (Some(p50), Some(p99)) => println!(
+            "  relay lag:  p50 {:.1} ms  p99 {:.1} ms  ({published:.0} rows published while measuring; from {})",
+            p50 * 1000.0,
+            p99 * 1000.0,
+            meridian_relay::OUTBOX_LAG
+        ),
+        _ => println!("  relay lag:  no rows published while measuring"),
+    }
+    let unsent = metric_sum(&at_end, meridian_relay::OUTBOX_UNSENT, "");
+    let backlog = projection_backlog(&at_end);
+    let lag = at_end
+        .iter()
+        .find(|(n, l, _)| n == "meridian_bus_consumer_lag" && l.contains("order-events"))
+        .map(|(_, _, v)| format!(", bus consumer lag {v:.0}"))
+        .unwrap_or_default();
+    println!(
+        "  at the end: outbox unsent {unsent:.0} (sampled each second), projection backlog {backlog:.0} events{lag}"
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        let Ok(m) = scrape_metrics(client, base).await else {
+            break;
+        };
+        let (unsent, backlog) = (
+            metric_sum(&m, meridian_relay::OUTBOX_UNSENT, ""),
+            projection_backlog(&m),
+        );
+        if unsent == 0.0 && backlog == 0.0 {
+            println!(
+                "  caught up:  relay and projection drained {:.1} s after the load stopped",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        if Instant::now() > deadline {
+            println!(
+                "  caught up:  NO: after 120 s, outbox unsent {unsent:.0}, projection backlog {backlog:.0}"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 struct LoadResult {

@@ -87,6 +87,8 @@ pub enum BusBackend {
     Nats,
     /// RabbitMQ at `BUS_URL` (cargo feature `bus-rabbitmq`).
     Rabbitmq,
+    /// Kafka at `BUS_URL` (cargo feature `bus-kafka`).
+    Kafka,
 }
 
 impl BusBackend {
@@ -96,6 +98,7 @@ impl BusBackend {
             BusBackend::Embedded => "embedded",
             BusBackend::Nats => "nats",
             BusBackend::Rabbitmq => "rabbitmq",
+            BusBackend::Kafka => "kafka",
         }
     }
 }
@@ -225,13 +228,17 @@ impl Config {
             Some("memory") => BusBackend::Memory,
             Some("nats") => BusBackend::Nats,
             Some("rabbitmq") => BusBackend::Rabbitmq,
+            Some("kafka") => BusBackend::Kafka,
             Some(other) => {
-                bail!("invalid BUS_BACKEND={other:?}: expected embedded, memory, nats or rabbitmq")
+                bail!(
+                    "invalid BUS_BACKEND={other:?}: expected embedded, memory, nats, rabbitmq or kafka"
+                )
             }
         };
         let built = match bus_backend {
             BusBackend::Nats => cfg!(feature = "bus-nats"),
             BusBackend::Rabbitmq => cfg!(feature = "bus-rabbitmq"),
+            BusBackend::Kafka => cfg!(feature = "bus-kafka"),
             BusBackend::Memory | BusBackend::Embedded => true,
         };
         if !built {
@@ -252,7 +259,7 @@ impl Config {
             },
         )?;
         match (bus_backend, &bus_url) {
-            (BusBackend::Nats | BusBackend::Rabbitmq, None) => bail!(
+            (BusBackend::Nats | BusBackend::Rabbitmq | BusBackend::Kafka, None) => bail!(
                 "BUS_URL is required when BUS_BACKEND={}",
                 bus_backend.as_str()
             ),
@@ -268,9 +275,19 @@ impl Config {
             {
                 bail!("invalid BUS_URL: expected an amqp:// URL when BUS_BACKEND=rabbitmq")
             }
+            // `kafka://host:port[,host:port][?partitions=N&replication=N]` or a bare
+            // `host:port[,host:port]` bootstrap list.
+            (BusBackend::Kafka, Some(u))
+                if u.strip_prefix("kafka://").unwrap_or(u).contains("://") || !u.contains(':') =>
+            {
+                bail!(
+                    "invalid BUS_URL: expected kafka://host:port or host:port[,host:port] when \
+                     BUS_BACKEND=kafka"
+                )
+            }
             (BusBackend::Memory | BusBackend::Embedded, Some(_)) => bail!(
                 "BUS_URL is set but BUS_BACKEND={} does not use it; unset BUS_URL or choose \
-                 BUS_BACKEND=nats or rabbitmq",
+                 BUS_BACKEND=nats, rabbitmq or kafka",
                 bus_backend.as_str()
             ),
             _ => {}
@@ -538,6 +555,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.bus_backend, BusBackend::Rabbitmq);
+        let c = load(&[
+            ("BUS_BACKEND", "kafka"),
+            ("BUS_URL", "kafka://127.0.0.1:19092"),
+        ])
+        .unwrap();
+        assert_eq!(c.bus_backend, BusBackend::Kafka);
+        assert_eq!(c.bus_url.as_deref(), Some("kafka://127.0.0.1:19092"));
+        let c = load(&[("BUS_BACKEND", "kafka"), ("BUS_URL", "k1:9092,k2:9092")]).unwrap();
+        assert_eq!(c.bus_url.as_deref(), Some("k1:9092,k2:9092"));
         assert_eq!(
             load(&[("BUS_BACKEND", "memory")]).unwrap().bus_backend,
             BusBackend::Memory
@@ -586,6 +612,15 @@ mod tests {
                 "BUS_URL",
             ),
             (vec![("BUS_URL", "nats://x")], "BUS_URL"),
+            (vec![("BUS_BACKEND", "kafka")], "BUS_URL"),
+            (
+                vec![("BUS_BACKEND", "kafka"), ("BUS_URL", "nats://h:4222")],
+                "BUS_URL",
+            ),
+            (
+                vec![("BUS_BACKEND", "kafka"), ("BUS_URL", "just-a-host")],
+                "BUS_URL",
+            ),
         ];
         for (vars, setting) in cases {
             let err = format!("{:#}", load(&vars).unwrap_err());

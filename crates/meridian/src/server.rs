@@ -24,7 +24,7 @@ const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the configured bus. The embedded bus lives in the store's database (the SQLite
-/// file, or the PostgreSQL URL and schema); NATS and RabbitMQ are reached at `BUS_URL` and
+/// file, or the PostgreSQL URL and schema); NATS, RabbitMQ and Kafka are reached at `BUS_URL` and
 /// must be reachable now (once connected, their clients reconnect by themselves).
 pub async fn open_bus(config: &Config) -> Result<Arc<dyn Bus>> {
     let backend = config.bus_backend;
@@ -63,6 +63,12 @@ pub async fn open_bus(config: &Config) -> Result<Arc<dyn Bus>> {
             .await
             .context("cannot connect to RabbitMQ at BUS_URL (BUS_BACKEND=rabbitmq)")?,
         ),
+        #[cfg(feature = "bus-kafka")]
+        BusBackend::Kafka => Arc::new(
+            meridian_bus_kafka::KafkaBus::connect(&url)
+                .await
+                .context("cannot connect to Kafka at BUS_URL (BUS_BACKEND=kafka)")?,
+        ),
         #[allow(unreachable_patterns)]
         other => {
             let _ = url;
@@ -83,7 +89,9 @@ struct Background {
 }
 
 impl Background {
-    /// Starts the order-events projection consumer, then the outbox relay.
+    /// Starts the order-events projection consumer, then the outbox relay. With several
+    /// servers on one database, only the relay holding the database's relay lock publishes;
+    /// the others stand by and take over within about a second if it goes away.
     fn start(config: &Config, store: &Arc<dyn Store>, bus: &Arc<dyn Bus>) -> Background {
         let (stop, shutdown) = watch::channel(false);
         let projection = {

@@ -28,6 +28,7 @@ macro_rules! embedded_cases {
             earliest_replays_history,
             departing_member_hands_over,
             mid_pattern_wildcard,
+            lag_counts_what_is_not_acknowledged,
         );
     };
     (@cases $factory:ident; $($case:ident),* $(,)?) => {
@@ -345,4 +346,27 @@ pub async fn mid_pattern_wildcard(t: TestBus) {
             .await
             .is_empty()
     );
+}
+
+/// The consumer's lag is what the log holds for it and it has not acknowledged yet.
+pub async fn lag_counts_what_is_not_acknowledged(t: TestBus) {
+    let bus = t.bus.as_ref();
+    let topic = t.topic("lag.created");
+    let pattern = TopicPattern::exact(&topic);
+    let mut sub = subscribe(bus, &pattern, SubscribeOptions::durable("lagger")).await;
+    assert_eq!(sub.lag().await, Some(0));
+    for n in 1..=5 {
+        publish(bus, message(&topic, "k", n)).await;
+    }
+    assert_eq!(sub.lag().await, Some(5));
+    for _ in 1..=3 {
+        let d = next(&mut sub).await;
+        ack(d).await;
+    }
+    assert_eq!(sub.lag().await, Some(2));
+    for _ in 4..=5 {
+        let d = next(&mut sub).await;
+        ack(d).await;
+    }
+    assert_eq!(sub.lag().await, Some(0));
 }

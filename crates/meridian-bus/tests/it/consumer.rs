@@ -233,3 +233,95 @@ async fn shutdown_stops_an_idle_loop() {
     stop.send(true).unwrap();
     timeout(WAIT, task).await.unwrap().unwrap().unwrap();
 }
+
+/// Records every batch it is given; fails the messages whose `n` is in `fail`.
+struct Batches {
+    fail: Vec<u64>,
+    seen: Mutex<Vec<Vec<u64>>>,
+}
+
+#[async_trait]
+impl consumer::BatchHandler for Batches {
+    async fn handle_batch(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>> {
+        let ns: Vec<u64> = messages
+            .iter()
+            .map(|m| m.envelope.data["n"].as_u64().unwrap())
+            .collect();
+        let results = ns
+            .iter()
+            .map(|n| {
+                if self.fail.contains(n) {
+                    Err(HandlerError::new(format!("refused {n}")))
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        self.seen.lock().unwrap().push(ns);
+        results
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_settled_message_by_message() {
+    let bus = Arc::new(MemoryBus::new());
+    let t = Topic::platform("d", "test", "batch.created");
+    let mut dlq = bus
+        .subscribe(
+            &TopicPattern::exact(&t.dead_letter()),
+            SubscribeOptions::ephemeral("watch"),
+        )
+        .await
+        .unwrap();
+    let options = SubscribeOptions::durable("batcher");
+    drop(
+        bus.subscribe(&TopicPattern::exact(&t), options.clone())
+            .await
+            .unwrap(),
+    );
+    // Published before the loop starts, so the first batch can hold several.
+    for n in 0..50 {
+        bus.publish(message(&t, n)).await.unwrap();
+    }
+    let handler = Arc::new(Batches {
+        fail: vec![7],
+        seen: Mutex::new(Vec::new()),
+    });
+    let sink = Arc::new(Recorded::default());
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(consumer::run_batched(
+        bus.clone(),
+        TopicPattern::exact(&t),
+        options,
+        handler.clone(),
+        16,
+        fast_policy(),
+        sink.clone(),
+        shutdown,
+    ));
+    // The refused message goes to the dead-letter topic after its three attempts.
+    let d = timeout(WAIT, dlq.next()).await.unwrap().unwrap();
+    let dead = DeadLetter::from_message(&d.message).unwrap();
+    assert_eq!(dead.original.envelope.data["n"], 7);
+    assert_eq!(dead.attempts, 3);
+    assert_eq!(dead.reason, "refused 7");
+    stop.send(true).unwrap();
+    timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    assert_eq!(sink.0.lock().unwrap().len(), 1);
+
+    let seen = handler.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|b| !b.is_empty() && b.len() <= 16),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|b| b.len() > 1),
+        "batches of one only: {seen:?}"
+    );
+    let all: Vec<u64> = seen.iter().flatten().copied().collect();
+    // Every other message was handled once (acked after its batch), in publish order;
+    // the refused one three times.
+    let others: Vec<u64> = all.iter().copied().filter(|n| *n != 7).collect();
+    assert_eq!(others, (0..50).filter(|n| *n != 7).collect::<Vec<_>>());
+    assert_eq!(all.iter().filter(|n| **n == 7).count(), 3);
+}

@@ -55,6 +55,13 @@ fn message(topic: &Topic, key: &str, n: u64) -> Message {
     )
 }
 
+async fn batch(sub: &mut Box<dyn Subscription>, max: usize) -> Vec<Delivery> {
+    timeout(WAIT, sub.next_batch(max))
+        .await
+        .expect("no batch within the wait")
+        .unwrap()
+}
+
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
     timeout(WAIT, sub.next())
         .await
@@ -255,6 +262,7 @@ async fn the_benchmark_runs_and_accounts_for_every_message() {
         batch: 100,
         track_unacked: true,
         spin: Duration::from_micros(5),
+        receive_batch: 64,
     };
     let r = timeout(
         Duration::from_secs(60),
@@ -268,4 +276,66 @@ async fn the_benchmark_runs_and_accounts_for_every_message() {
     assert!(r.median_round_ns_per_message > 0.0);
     assert!(r.drop_ns_per_message > 0.0 && r.channel_ns_per_message > 0.0);
     assert!(r.transport_ns_per_message() <= r.ns_per_message);
+    assert!(r.p50_latency <= r.p99_latency && r.p99_latency > Duration::ZERO);
+}
+
+/// `next_batch` hands over what is queued, in order, within `max` and the in-flight limit;
+/// `Delivery::ack_all` frees the slots, in both tracking modes.
+#[tokio::test]
+async fn batch_receive_respects_max_and_in_flight_and_ack_all_settles() {
+    for track_unacked in [true, false] {
+        let bus = MemoryBus::with_config(MemoryBusConfig {
+            track_unacked,
+            spin: Duration::ZERO,
+        });
+        let d = unique_deployment();
+        let t = topic(&d, "batched");
+        let mut sub = bus
+            .subscribe(
+                &TopicPattern::exact(&t),
+                SubscribeOptions {
+                    max_in_flight: 5,
+                    ..SubscribeOptions::ephemeral("c")
+                },
+            )
+            .await
+            .unwrap();
+        let sent: Vec<Message> = (0..12).map(|n| message(&t, "k", n)).collect();
+        for r in bus.publish_batch(sent.clone()).await {
+            r.unwrap();
+        }
+        let first = batch(&mut sub, 3).await;
+        assert_eq!(first.len(), 3);
+        // Two slots are left of five.
+        let second = batch(&mut sub, 100).await;
+        assert_eq!(second.len(), 2);
+        assert!(
+            timeout(Duration::from_millis(50), sub.next_batch(1))
+                .await
+                .is_err(),
+            "delivered past max_in_flight"
+        );
+        let got: Vec<Message> = first
+            .iter()
+            .chain(&second)
+            .map(|d| d.message.clone())
+            .collect();
+        assert_eq!(got, sent[..5]);
+        Delivery::ack_all(first).await.unwrap();
+        Delivery::ack_all(second).await.unwrap();
+        let mut rest = Vec::new();
+        while rest.len() < 7 {
+            let b = batch(&mut sub, 100).await;
+            rest.extend(b.iter().map(|d| d.message.clone()));
+            Delivery::ack_all(b).await.unwrap();
+        }
+        assert_eq!(rest, sent[5..]);
+        // Everything was settled: nothing comes back.
+        assert!(
+            timeout(Duration::from_millis(50), sub.next())
+                .await
+                .is_err(),
+            "an acknowledged message was redelivered (tracking {track_unacked})"
+        );
+    }
 }

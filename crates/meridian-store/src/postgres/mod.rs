@@ -143,6 +143,8 @@ pub struct PgStore {
     pool: Pool,
     events: EventSource,
     writer: writer::OrderWriter,
+    /// For the relay lock's own connection (see [`relay::try_lock_relay`]).
+    relay_lock_config: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -196,6 +198,7 @@ impl PgStore {
             pool,
             events,
             writer,
+            relay_lock_config: config.driver_config("meridian-relay-lock")?,
         })
     }
 
@@ -453,6 +456,18 @@ impl Store for PgStore {
 
     async fn record_order_event(&self, consumer: &str, event: &Envelope) -> Result<bool> {
         relay::record_order_event(self, consumer, event).await
+    }
+
+    async fn record_order_events(&self, consumer: &str, events: &[Envelope]) -> Result<Vec<bool>> {
+        relay::record_order_events(self, consumer, events).await
+    }
+
+    async fn outbox_unsent_count(&self) -> Result<u64> {
+        relay::unsent_count(self).await
+    }
+
+    async fn try_lock_relay(&self) -> Result<Option<Box<dyn crate::RelayLock>>> {
+        relay::try_lock_relay(&self.relay_lock_config).await
     }
 
     async fn order_events(&self, tenant: TenantId, order: OrderId) -> Result<Vec<OrderEvent>> {

@@ -1,11 +1,17 @@
 //! The relay's side of the outbox (unsent rows, marking them sent), the inbox and the
 //! order-events projection on PostgreSQL. Each write is one pooled transaction.
 
-use meridian_core::{Envelope, OrderId, TenantId, Topic};
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meridian_core::{Envelope, OrderId, TenantId, Timestamp, Topic};
 use tokio_postgres::types::Json;
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
 
 use super::{PgStore, error, rows};
-use crate::{OrderEvent, OutboxRecord, Result, StoreError, order_id_of};
+use crate::{OrderEvent, OutboxRecord, RelayLock, Result, StoreError, order_id_of};
 
 /// The most rows one call hands the relay, whatever it asks for.
 const MAX_UNSENT: u32 = 10_000;
@@ -93,6 +99,142 @@ pub(super) async fn record_order_event(
     .map_err(error::db)?;
     tx.commit().await.map_err(error::db)?;
     Ok(true)
+}
+
+/// Many events in one transaction: one set-based inbox insert, whose `RETURNING` tells
+/// which events are new, then one set-based projection append in slice order.
+pub(super) async fn record_order_events(
+    store: &PgStore,
+    consumer: &str,
+    events: &[Envelope],
+) -> Result<Vec<bool>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let order_ids = events
+        .iter()
+        .map(|e| order_id_of(e).map(|id| *id.as_uuid()))
+        .collect::<Result<Vec<Uuid>>>()?;
+    let event_ids: Vec<Uuid> = events.iter().map(|e| *e.id.as_uuid()).collect();
+    let mut client = store.client().await?;
+    let tx = client.transaction().await.map_err(error::db)?;
+    let (inbox, project) = futures::try_join!(
+        // ON CONFLICT DO NOTHING also drops a second copy within the same statement.
+        tx.prepare_cached(
+            "INSERT INTO inbox (consumer, event_id) SELECT $1, u.id \
+             FROM unnest($2::uuid[]) AS u(id) ON CONFLICT DO NOTHING RETURNING event_id",
+        ),
+        tx.prepare_cached(
+            "INSERT INTO order_events (tenant_id, order_id, event_id, type, time, data) \
+             SELECT tenant_id, order_id, event_id, type, time, data \
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], \
+                 $5::timestamptz[], $6::jsonb[]) WITH ORDINALITY \
+                 AS u(tenant_id, order_id, event_id, type, time, data, ord) \
+             ORDER BY ord ON CONFLICT (event_id) DO NOTHING",
+        ),
+    )
+    .map_err(error::db)?;
+    let mut new: HashSet<Uuid> = tx
+        .query(&inbox, &[&consumer, &event_ids])
+        .await
+        .map_err(error::db)?
+        .iter()
+        .map(|row| rows::get::<Uuid>(row, "event_id"))
+        .collect::<Result<_>>()?;
+    // The first copy of a new event is the one recorded; later copies are duplicates.
+    let recorded: Vec<bool> = event_ids.iter().map(|id| new.remove(id)).collect();
+    if !recorded.iter().any(|r| *r) {
+        // Every event was seen before; dropping the transaction rolls it back.
+        return Ok(recorded);
+    }
+    let mut tenants = Vec::new();
+    let mut orders = Vec::new();
+    let mut ids = Vec::new();
+    let mut types: Vec<&str> = Vec::new();
+    let mut times: Vec<Timestamp> = Vec::new();
+    let mut data = Vec::new();
+    for (i, event) in events.iter().enumerate().filter(|(i, _)| recorded[*i]) {
+        tenants.push(*event.tenant.as_uuid());
+        orders.push(order_ids[i]);
+        ids.push(event_ids[i]);
+        types.push(&event.ty);
+        times.push(event.time);
+        data.push(Json(&event.data));
+    }
+    tx.execute(&project, &[&tenants, &orders, &ids, &types, &times, &data])
+        .await
+        .map_err(error::db)?;
+    tx.commit().await.map_err(error::db)?;
+    Ok(recorded)
+}
+
+pub(super) async fn unsent_count(store: &PgStore) -> Result<u64> {
+    let client = store.client().await?;
+    let stmt = client
+        .prepare_cached("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .await
+        .map_err(error::db)?;
+    let row = client.query_one(&stmt, &[]).await.map_err(error::db)?;
+    let n: i64 = rows::get(&row, "count")?;
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
+/// The advisory lock of the active relay, keyed by the schema so that relays of different
+/// databases or schemas on one server do not exclude each other.
+const TRY_RELAY_LOCK: &str = "SELECT pg_try_advisory_lock(\
+    hashtextextended('meridian.outbox_relay.' || current_schema(), 0)) AS locked";
+
+/// How long [`PgRelayLock::is_held`] waits for its connection to answer.
+const LOCK_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens a connection of its own and takes the session-level relay lock on it. The lock
+/// lives exactly as long as that session: dropping the lock closes the connection, and a
+/// relay process that dies takes the session (and the lock) with it.
+pub(super) async fn try_lock_relay(
+    config: &tokio_postgres::Config,
+) -> Result<Option<Box<dyn RelayLock>>> {
+    let (client, connection) = config.connect(NoTls).await.map_err(error::db)?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "the relay lock's connection ended");
+        }
+    });
+    let row = client
+        .query_one(TRY_RELAY_LOCK, &[])
+        .await
+        .map_err(error::db)?;
+    let locked: bool = rows::get(&row, "locked")?;
+    if !locked {
+        task.abort();
+        return Ok(None);
+    }
+    Ok(Some(Box::new(PgRelayLock { client, task })))
+}
+
+#[derive(Debug)]
+struct PgRelayLock {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgRelayLock {
+    fn drop(&mut self) {
+        // Closing the session releases the lock at once.
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl RelayLock for PgRelayLock {
+    async fn is_held(&self) -> bool {
+        if self.client.is_closed() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(LOCK_PING_TIMEOUT, self.client.simple_query("SELECT 1")).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 pub(super) async fn order_events(

@@ -50,9 +50,47 @@ use self::readers::Readers;
 use self::writer::Writer;
 use crate::{
     ApiKey, CreatedApiKey, DeadLetterRecord, NewApiKey, NewRefreshToken, NewUser, OrderEvent,
-    OutboxRecord, Page, PageRequest, Principal, RefreshOutcome, Result, Revocation, Role, Store,
-    StoreError, StoredSigningKey, Tenant, User, UserLogin,
+    OutboxRecord, Page, PageRequest, Principal, RefreshOutcome, RelayLock, Result, Revocation,
+    Role, Store, StoreError, StoredSigningKey, Tenant, User, UserLogin,
 };
+
+/// The SQLite relay lock: an exclusive lock on a file next to the database, released when
+/// the file is closed (on drop, or by the kernel when the process dies).
+#[derive(Debug)]
+struct FileRelayLock {
+    _file: std::fs::File,
+}
+
+impl FileRelayLock {
+    fn try_acquire(path: PathBuf) -> Result<Option<Self>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot open the relay lock file {}: {e}",
+                    path.display()
+                ))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+                "cannot lock the relay lock file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl RelayLock for FileRelayLock {
+    async fn is_held(&self) -> bool {
+        true
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct SqliteConfig {
@@ -80,6 +118,8 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Arc<Readers>,
     events: EventSource,
+    /// `<database>.relay.lock`: whoever holds an exclusive lock on it is the active relay.
+    relay_lock_path: PathBuf,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -118,7 +158,10 @@ impl SqliteStore {
         .await
         .map_err(|_| lost("opener"))??;
         tracing::info!(path = %path.display(), readers, "opened sqlite store");
+        let mut relay_lock_path = path.clone().into_os_string();
+        relay_lock_path.push(".relay.lock");
         Ok(Self {
+            relay_lock_path: relay_lock_path.into(),
             writer: Writer::start(write_conn, ckpt_conn, events.clone())?,
             readers: Arc::new(Readers::new(path, read_conns)),
             events,
@@ -479,12 +522,34 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn outbox_unsent_count(&self) -> Result<u64> {
+        self.read(|c| outbox::unsent_count(c)).await
+    }
+
+    async fn try_lock_relay(&self) -> Result<Option<Box<dyn RelayLock>>> {
+        let path = self.relay_lock_path.clone();
+        let lock = tokio::task::spawn_blocking(move || FileRelayLock::try_acquire(path))
+            .await
+            .map_err(|_| lost("relay lock"))??;
+        Ok(lock.map(|l| Box::new(l) as Box<dyn RelayLock>))
+    }
+
     // --- inbox and projections ---
 
     async fn record_order_event(&self, consumer: &str, event: &Envelope) -> Result<bool> {
         let (consumer, event) = (consumer.to_owned(), event.clone());
         self.writer
             .write(move |c| outbox::record_order_event(c, &consumer, &event))
+            .await
+    }
+
+    async fn record_order_events(&self, consumer: &str, events: &[Envelope]) -> Result<Vec<bool>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (consumer, events) = (consumer.to_owned(), events.to_vec());
+        self.writer
+            .write(move |c| outbox::record_order_events(c, &consumer, &events))
             .await
     }
 

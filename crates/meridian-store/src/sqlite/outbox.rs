@@ -80,6 +80,61 @@ pub(super) fn record_order_event(
     Ok(true)
 }
 
+/// Inbox inserts and projection appends for many events in one transaction (one fsync);
+/// `false` for each event the inbox already held, including an earlier copy in `events`.
+pub(super) fn record_order_events(
+    conn: &mut Connection,
+    consumer: &str,
+    events: &[Envelope],
+) -> Result<Vec<bool>> {
+    // Everything that can refuse an event is checked before the transaction starts.
+    let prepared = events
+        .iter()
+        .map(|e| Ok((order_id_of(e)?, to_json("event data", &e.data)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let tx = WriteTx::begin(conn)?;
+    let now = ts(&meridian_core::now());
+    let mut recorded = Vec::with_capacity(events.len());
+    {
+        let mut inbox = tx.prepare_cached(
+            "INSERT INTO inbox (consumer, event_id, received_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+        )?;
+        let mut project = tx.prepare_cached(
+            "INSERT INTO order_events \
+             (tenant_id, order_id, event_id, type, time, data, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (event_id) DO NOTHING",
+        )?;
+        for (event, (order_id, data)) in events.iter().zip(&prepared) {
+            let event_id = event.id.to_string();
+            let inserted = inbox.execute(params![consumer, event_id, now])? > 0;
+            if inserted {
+                project.execute(params![
+                    event.tenant.to_string(),
+                    order_id.to_string(),
+                    event_id,
+                    event.ty,
+                    ts(&event.time),
+                    data,
+                    now,
+                ])?;
+            }
+            recorded.push(inserted);
+        }
+    }
+    if recorded.iter().any(|r| *r) {
+        tx.commit()?;
+    }
+    Ok(recorded)
+}
+
+pub(super) fn unsent_count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM outbox WHERE sent_at IS NULL")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
 /// One order's timeline, oldest first; `NotFound` unless the tenant has the order.
 pub(super) fn order_events(
     conn: &Connection,

@@ -22,7 +22,7 @@ use meridian_orders::{
     AllocationStrategy, Order, OrderAction, OrderLineRequest, OrderRequest, OrderStatus, PlaceOrder,
 };
 use meridian_store::{
-    DeadLetterRecord, NewApiKey, NewRefreshToken, NewUser, OutboxRecord, PageRequest,
+    DeadLetterRecord, NewApiKey, NewRefreshToken, NewUser, OrderEvent, OutboxRecord, PageRequest,
     RefreshOutcome, RevocationKind, Role, Scopes, Store, StoreError, Subject,
 };
 
@@ -59,6 +59,11 @@ macro_rules! conformance_suite {
             tenant_isolation,
             relay_reads_unsent_rows_in_order_and_marks_them_sent,
             order_events_projection_dedups_and_is_tenant_scoped,
+            order_events_batch_dedups_within_and_across_batches,
+            order_events_batch_keeps_tenants_apart,
+            order_events_batch_with_a_bad_event_writes_nothing,
+            outbox_unsent_count_follows_marking,
+            one_relay_lock_at_a_time,
             dead_letters_are_recorded_once_listed_and_marked_replayed,
             users_are_tenant_scoped_and_disabling_revokes,
             api_keys_have_roles_scopes_expiry_and_rotation,
@@ -1843,6 +1848,192 @@ pub async fn order_events_projection_dedups_and_is_tenant_scoped(store: Arc<dyn 
         .unwrap(),
         "the refused event left no inbox row behind"
     );
+}
+
+/// The order events (created, then canceled) of a fresh order of tenant `t`.
+async fn order_with_events(s: &dyn Store, t: TenantId) -> (Order, Vec<meridian_core::Envelope>) {
+    let order = s
+        .place_order(order_cmd(t, &[("SKU-1", 1)], AllocationStrategy::Priority))
+        .await
+        .unwrap();
+    s.transition_order(t, order.id, OrderAction::Cancel)
+        .await
+        .unwrap();
+    let events: Vec<meridian_core::Envelope> = outbox_from(s, 0)
+        .await
+        .into_iter()
+        .filter(|r| r.envelope.subject == order.id.to_string())
+        .map(|r| r.envelope)
+        .collect();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    (order, events)
+}
+
+fn event_types(timeline: &[OrderEvent]) -> Vec<&str> {
+    timeline.iter().map(|e| e.ty.as_str()).collect()
+}
+
+pub async fn order_events_batch_dedups_within_and_across_batches(store: Arc<dyn Store>) {
+    let s = &*store;
+    assert_eq!(
+        s.record_order_events("order-events", &[]).await.unwrap(),
+        Vec::<bool>::new()
+    );
+    let t = stocked(s, 10).await;
+    let (a, a_events) = order_with_events(s, t).await;
+    let (b, b_events) = order_with_events(s, t).await;
+    let (created_a, canceled_a) = (&a_events[0], &a_events[1]);
+    let (created_b, canceled_b) = (&b_events[0], &b_events[1]);
+
+    // A duplicate within one batch: the first copy is recorded, the second is not.
+    let first = s
+        .record_order_events(
+            "order-events",
+            &[created_a.clone(), created_b.clone(), created_a.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(first, [true, true, false]);
+
+    // A duplicate of an earlier batch (and of a single record) is not recorded again.
+    assert!(
+        !s.record_order_event("order-events", created_b)
+            .await
+            .unwrap()
+    );
+    let second = s
+        .record_order_events(
+            "order-events",
+            &[created_b.clone(), canceled_a.clone(), canceled_b.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(second, [false, true, true]);
+    let all_seen = s
+        .record_order_events("order-events", &[canceled_b.clone(), created_a.clone()])
+        .await
+        .unwrap();
+    assert_eq!(all_seen, [false, false], "a batch of redeliveries");
+    // Another consumer's inbox is its own.
+    assert_eq!(
+        s.record_order_events("other", std::slice::from_ref(canceled_b))
+            .await
+            .unwrap(),
+        [true]
+    );
+
+    // Each order's events appear once, in order.
+    for (order, events) in [(a, &a_events), (b, &b_events)] {
+        let timeline = s.order_events(t, order.id).await.unwrap();
+        assert_eq!(
+            event_types(&timeline),
+            ["meridian.oms.order.created", "meridian.oms.order.canceled"],
+            "{timeline:#?}"
+        );
+        assert_eq!(timeline[0].event_id, events[0].id);
+        assert_eq!(timeline[1].event_id, events[1].id);
+        assert_eq!(timeline[0].data, events[0].data);
+        assert_eq!(timeline[1].time, events[1].time);
+    }
+}
+
+pub async fn order_events_batch_keeps_tenants_apart(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t1 = stocked(s, 10).await;
+    let t2 = stocked(s, 10).await;
+    let (o1, e1) = order_with_events(s, t1).await;
+    let (o2, e2) = order_with_events(s, t2).await;
+    // One batch mixing both tenants' events.
+    let recorded = s
+        .record_order_events(
+            "order-events",
+            &[e1[0].clone(), e2[0].clone(), e2[1].clone(), e1[1].clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded, [true, true, true, true]);
+    let timeline1 = s.order_events(t1, o1.id).await.unwrap();
+    let timeline2 = s.order_events(t2, o2.id).await.unwrap();
+    assert_eq!(
+        timeline1.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        [e1[0].id, e1[1].id]
+    );
+    assert_eq!(
+        timeline2.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        [e2[0].id, e2[1].id]
+    );
+    // Each tenant sees only its own order.
+    assert_err!(s.order_events(t1, o2.id).await, StoreError::NotFound { .. });
+    assert_err!(s.order_events(t2, o1.id).await, StoreError::NotFound { .. });
+}
+
+pub async fn order_events_batch_with_a_bad_event_writes_nothing(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = stocked(s, 10).await;
+    let (order, events) = order_with_events(s, t).await;
+    let mut bad = events[0].clone();
+    bad.id = meridian_core::EventId::new();
+    bad.subject = "not-an-order".into();
+    assert_err!(
+        s.record_order_events("order-events", &[events[0].clone(), bad])
+            .await,
+        StoreError::Validation(_)
+    );
+    assert!(s.order_events(t, order.id).await.unwrap().is_empty());
+    assert_eq!(
+        s.record_order_events("order-events", &events)
+            .await
+            .unwrap(),
+        [true, true],
+        "the refused batch left no inbox row behind"
+    );
+}
+
+pub async fn outbox_unsent_count_follows_marking(store: Arc<dyn Store>) {
+    let s = &*store;
+    assert_eq!(s.outbox_unsent_count().await.unwrap(), 0);
+    let t = stocked(s, 10).await;
+    s.place_order(order_cmd(t, &[("SKU-1", 1)], AllocationStrategy::Priority))
+        .await
+        .unwrap();
+    let unsent = s.outbox_unsent(100).await.unwrap();
+    assert_eq!(
+        unsent.len(),
+        4,
+        "product, warehouse, stock, order: {unsent:#?}"
+    );
+    assert_eq!(s.outbox_unsent_count().await.unwrap(), 4);
+    s.mark_outbox_sent(&[unsent[0].seq, unsent[2].seq])
+        .await
+        .unwrap();
+    assert_eq!(s.outbox_unsent_count().await.unwrap(), 2);
+}
+
+pub async fn one_relay_lock_at_a_time(store: Arc<dyn Store>) {
+    let s = &*store;
+    let first = s
+        .try_lock_relay()
+        .await
+        .unwrap()
+        .expect("a free lock is taken");
+    assert!(first.is_held().await);
+    assert!(
+        s.try_lock_relay().await.unwrap().is_none(),
+        "a second relay stands by"
+    );
+    drop(first);
+    // Released on drop (PostgreSQL: once the server has seen the session end).
+    let mut tries = 0;
+    let second = loop {
+        if let Some(lock) = s.try_lock_relay().await.unwrap() {
+            break lock;
+        }
+        tries += 1;
+        assert!(tries < 500, "the dropped relay lock was never released");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(second.is_held().await);
+    assert!(s.try_lock_relay().await.unwrap().is_none());
 }
 
 // --- dead letters ---

@@ -457,3 +457,49 @@ async fn a_burst_of_orders_is_placed_in_batches() {
     );
     assert_eq!(store.reconcile(Some(t)).await.unwrap(), vec![]);
 }
+
+/// Two stores on one schema, as two server processes would be: one takes the relay lock,
+/// the other cannot until the first one's lock connection is killed (as when its process
+/// dies), and then can; the first one sees that it lost the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_lock_passes_on_when_its_connection_dies() {
+    let schema = Schema::new();
+    let first = schema.open().await;
+    let second = schema.open().await;
+    let held = first.try_lock_relay().await.unwrap().expect("a free lock");
+    assert!(held.is_held().await);
+    assert!(second.try_lock_relay().await.unwrap().is_none());
+    // Another schema's relay is not excluded.
+    let elsewhere = Schema::new();
+    let other = elsewhere.open().await;
+    assert!(other.try_lock_relay().await.unwrap().is_some());
+
+    let admin = schema.admin().await;
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l \
+             JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "one session holds the relay lock");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        if let Some(lock) = second.try_lock_relay().await.unwrap() {
+            break lock;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lock was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(taken.is_held().await);
+    assert!(
+        !held.is_held().await,
+        "the first relay knows it lost the lock"
+    );
+}

@@ -1,7 +1,7 @@
 //! The outbox relay and the order-events projection, end to end: orders placed over HTTP
-//! show up in `GET /v1/orders/{id}/events`, on SQLite with the embedded bus and on
-//! PostgreSQL with NATS; and orders placed while NATS is down still commit, and their
-//! events arrive once it is back.
+//! show up in `GET /v1/orders/{id}/events`, on SQLite with the embedded bus, on PostgreSQL
+//! with NATS, and on SQLite with RabbitMQ and with Kafka; and orders placed while NATS is
+//! down still commit, and their events arrive once it is back.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -211,6 +211,68 @@ impl Drop for Exchanges {
         })
         .join();
     }
+}
+
+fn kafka_url() -> String {
+    std::env::var("MERIDIAN_TEST_KAFKA_URL").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// Deletes a deployment's Kafka topics when the test ends, pass or fail.
+struct KafkaTopics {
+    url: String,
+    deployment: String,
+}
+
+impl Drop for KafkaTopics {
+    fn drop(&mut self) {
+        let (url, deployment) = (self.url.clone(), self.deployment.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let work = async {
+                    let bus = meridian_bus_kafka::KafkaBus::connect(&url).await.ok()?;
+                    bus.delete_deployment(&deployment).await.ok()
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn order_timeline_on_sqlite_with_kafka() {
+    let db = Db::sqlite();
+    let url = kafka_url();
+    // Fails, never skips, when the broker is not there.
+    tokio::net::TcpStream::connect(url.trim_start_matches("kafka://"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Kafka at {url} is not reachable (run scripts/services.sh kafka): {e}")
+        });
+    let deployment = unique_deployment();
+    let _topics = KafkaTopics {
+        url: url.clone(),
+        deployment: deployment.clone(),
+    };
+    let server = Server::start_with(
+        &db,
+        &[
+            ("BUS_BACKEND", "kafka".into()),
+            (
+                "BUS_URL",
+                format!("kafka://{}", url.trim_start_matches("kafka://")),
+            ),
+            ("MERIDIAN_DEPLOYMENT_ID", deployment),
+        ],
+    )
+    .await;
+    timeline_end_to_end(&db, &server, "kafka").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
