@@ -391,6 +391,11 @@ async fn start_target(args: &OrdersArgs, client: &reqwest::Client) -> Result<Tar
             env.push(("STORAGE_BACKEND", "postgres".into()));
             env.push(("DATABASE_URL", args.database_url.clone()));
             env.push(("MERIDIAN_DATABASE_SCHEMA", "meridian_bench".into()));
+            // The schema is new, so any master key will do; PostgreSQL requires one.
+            env.push((
+                "MERIDIAN_AUTH_MASTER_KEY",
+                meridian_auth::MasterKey::generate().to_base64(),
+            ));
         }
         other => bail!("invalid --store {other:?}: expected sqlite or postgres"),
     }
@@ -409,6 +414,7 @@ async fn start_target(args: &OrdersArgs, client: &reqwest::Client) -> Result<Tar
         "DATABASE_URL",
         "MERIDIAN_DATABASE_SCHEMA",
         "MERIDIAN_CONFIG",
+        "MERIDIAN_AUTH_MASTER_KEY",
     ] {
         if !env.iter().any(|(k, _)| *k == var) {
             cmd.env_remove(var);
