@@ -32,6 +32,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// holds messages in the client that another group member could be handling.
 const MAX_BATCH: usize = 256;
 
+/// The longest a lag query waits for the server: a gauge sample must not hold up
+/// deliveries while the broker is slow or away.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub(crate) struct NatsSubscription {
     inner: Arc<Inner>,
     pattern: TopicPattern,
@@ -167,6 +171,31 @@ impl NatsSubscription {
             if let Err(e) = self.join(name.clone(), &options.consumer, config).await {
                 // The feed stays registered and re-binds on its own, like any broken feed.
                 tracing::warn!(error = %e, stream = %name, "nats: cannot join a new domain stream yet");
+            }
+        }
+    }
+
+    /// The consumer's lag on one feed: messages matching its filter not yet delivered
+    /// (`num_pending`) plus those delivered and not yet acknowledged (`num_ack_pending`).
+    /// One `CONSUMER.INFO` request; `None` (logged at debug) when it fails or times out.
+    async fn feed_lag(&self, feed: &Feed) -> Option<u64> {
+        let query = async {
+            let stream = self.inner.js.get_stream_no_info(&feed.stream).await?;
+            let info = stream.consumer_info(&feed.name).await?;
+            Ok::<_, async_nats::Error>(info)
+        };
+        match tokio::time::timeout(LAG_QUERY_TIMEOUT, query).await {
+            Ok(Ok(info)) => Some(
+                info.num_pending
+                    .saturating_add(u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX)),
+            ),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, stream = %feed.stream, consumer = %feed.name, "nats: consumer lag not read");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(stream = %feed.stream, consumer = %feed.name, "nats: consumer lag query timed out");
+                None
             }
         }
     }
@@ -425,6 +454,17 @@ impl Subscription for NatsSubscription {
                 return Ok(delivery);
             }
         }
+    }
+
+    /// The sum over the domain streams this subscription reads of the JetStream
+    /// consumer's pending messages (matching its filter, not delivered yet) and its ack
+    /// pending ones (delivered to any member, not acknowledged yet), from one
+    /// `CONSUMER.INFO` request per stream, sent together. `None` if any of them fails: a
+    /// partial sum would understate the lag.
+    async fn lag(&mut self) -> Option<u64> {
+        let lags = futures::future::join_all(self.feeds.iter().map(|f| self.feed_lag(f))).await;
+        lags.into_iter()
+            .try_fold(0u64, |sum, lag| Some(sum.saturating_add(lag?)))
     }
 }
 

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
@@ -28,6 +29,10 @@ use crate::topology::{self, QueueSpec};
 /// queue, keeps no delivery count of its own.
 type Attempts = Arc<Mutex<HashMap<EventId, u32>>>;
 
+/// The longest a lag query waits for the broker: a gauge sample must not hold up
+/// deliveries while the broker is slow or away.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub(crate) struct RabbitSubscription {
     shared: Arc<Shared>,
     pattern: TopicPattern,
@@ -40,6 +45,10 @@ pub(crate) struct RabbitSubscription {
     /// Deliveries in the order they were handed out, for the task that requeues them when
     /// `ack_wait` runs out.
     expiries: Arc<Mutex<VecDeque<Expiry>>>,
+    /// The channel lag queries are sent on, opened on first use and after it closed. Kept
+    /// apart from the consuming channel: a passive declare of a missing queue closes the
+    /// channel it is sent on.
+    lag_channel: Option<Channel>,
 }
 
 /// The channel and consumer of one connection generation.
@@ -76,6 +85,7 @@ impl RabbitSubscription {
             attempts: Arc::default(),
             ack_wait,
             expiries,
+            lag_channel: None,
         };
         sub.establish().await?;
         Ok(sub)
@@ -138,6 +148,33 @@ impl RabbitSubscription {
                 Err(e)
             }
         }
+    }
+
+    /// The ready messages of the queue, from a passive `queue.declare` on the lag channel.
+    async fn ready_messages(&mut self) -> Result<u64, BusError> {
+        let channel = match self.lag_channel.as_ref() {
+            Some(ch) if ch.status().connected() => ch.clone(),
+            _ => {
+                self.lag_channel = None;
+                let link = self.shared.connector.link(Duration::ZERO).await?;
+                let ch = link
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| error::map("open lag channel", &e))?;
+                self.lag_channel = Some(ch.clone());
+                ch
+            }
+        };
+        let queue = channel
+            .queue_declare(
+                self.spec.name.as_str().into(),
+                QueueDeclareOptions::default().passive(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| error::map(&format!("inspect queue {}", self.spec.name), &e))?;
+        Ok(u64::from(queue.message_count()))
     }
 
     /// Turns a broker delivery into a [`Delivery`], or settles and skips it.
@@ -256,6 +293,53 @@ impl Subscription for RabbitSubscription {
                 }
             }
         }
+    }
+
+    /// The messages ready in the consumer's queue (shared by the group), from a passive
+    /// `queue.declare` on a channel of its own. RabbitMQ counts only messages waiting for
+    /// delivery there: those delivered to members and not yet acknowledged (at most
+    /// `max_in_flight` per member) are not included. `None` (logged at debug) when the
+    /// broker cannot be asked now or does not answer within a second.
+    async fn lag(&mut self) -> Option<u64> {
+        if self.shared.connector.is_closed() {
+            return None;
+        }
+        match tokio::time::timeout(LAG_QUERY_TIMEOUT, self.ready_messages()).await {
+            Ok(Ok(ready)) => Some(ready),
+            Ok(Err(e)) => {
+                tracing::debug!(queue = %self.spec.name, error = %e, "consumer lag not read");
+                None
+            }
+            Err(_) => {
+                // The channel may be stuck mid-request: open a fresh one next time.
+                if let Some(ch) = self.lag_channel.take() {
+                    close_lag_channel(ch);
+                }
+                tracing::debug!(queue = %self.spec.name, "consumer lag query timed out");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for RabbitSubscription {
+    fn drop(&mut self) {
+        if let Some(ch) = self.lag_channel.take() {
+            close_lag_channel(ch);
+        }
+    }
+}
+
+/// Closes a lag channel in the background (if no runtime is left, the end of the
+/// connection does).
+fn close_lag_channel(channel: Channel) {
+    if !channel.status().connected() {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = channel.close(200, "lag channel closed".into()).await;
+        });
     }
 }
 

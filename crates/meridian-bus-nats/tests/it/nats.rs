@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::StorageType;
 use meridian_bus::conformance::unique_deployment;
-use meridian_bus::{Bus, BusError, Message, SubscribeOptions, TopicPattern};
+use meridian_bus::{Bus, BusError, Message, StartAt, SubscribeOptions, TopicPattern};
 use meridian_bus_nats::{NatsBus, NatsConfig};
 use meridian_core::{Envelope, TenantId, Topic};
 use serde_json::json;
@@ -146,6 +146,60 @@ async fn durable_consumer_is_named_after_the_consumer() {
         "{:?}",
         other.err()
     );
+}
+
+/// The lag counts, over every domain stream the pattern reaches, the messages not
+/// delivered yet and those delivered but not acknowledged.
+#[tokio::test]
+async fn lag_counts_unacknowledged_messages_across_domains() {
+    let (bus, d, _cleanup) = setup().await;
+    let (oms, fulfillment) = (12, 8);
+    for n in 0..oms {
+        bus.publish(message(&topic(&d, "oms.order.created"), n))
+            .await
+            .expect("publish");
+    }
+    for n in 0..fulfillment {
+        bus.publish(message(&topic(&d, "fulfillment.order.created"), n))
+            .await
+            .expect("publish");
+    }
+    let mut sub = bus
+        .subscribe(
+            &pattern(&d, "*.order.created"),
+            SubscribeOptions {
+                max_in_flight: 4,
+                start: StartAt::Earliest,
+                ..SubscribeOptions::durable("lagging")
+            },
+        )
+        .await
+        .expect("subscribe");
+    // Two deliveries taken and held unacknowledged; the rest never asked for.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            timeout(WAIT, sub.next())
+                .await
+                .expect("delivered in time")
+                .expect("next"),
+        );
+    }
+    let expected = oms + fulfillment;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        last = sub.lag().await.or(last);
+        if last.is_some_and(|n| n >= expected) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag {last:?} never reached {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
 }
 
 /// A subscription across domains joins a domain stream created after it started, and

@@ -95,6 +95,46 @@ async fn rest_wildcard_needs_one_more_segment() {
     );
 }
 
+/// The lag is the queue's ready messages: everything published for the consumer except
+/// what the broker has already handed to it unacknowledged (at most `max_in_flight`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_the_ready_messages_of_the_queue() {
+    let (bus, d, _teardown) = bus().await;
+    let t = topic(&d, "lag.created");
+    let max_in_flight = 4;
+    let mut sub = bus
+        .subscribe(
+            &TopicPattern::exact(&t),
+            SubscribeOptions {
+                max_in_flight,
+                ..SubscribeOptions::durable("lagging")
+            },
+        )
+        .await
+        .expect("subscribe");
+    let published = 20;
+    for n in 0..published {
+        bus.publish(message(&t, n)).await.expect("publish");
+    }
+    // Two deliveries taken and held unacknowledged; the rest never asked for.
+    let held = vec![next(&mut sub).await, next(&mut sub).await];
+    let expected = published - max_in_flight as u64;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        last = sub.lag().await.or(last);
+        if last.is_some_and(|n| n >= expected) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag {last:?} never reached {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+}
+
 /// On a durable (quorum) queue the attempt is the broker's delivery count + 1, so it
 /// survives a new subscription, unlike a count the client keeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

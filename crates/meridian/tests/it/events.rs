@@ -143,31 +143,39 @@ impl Drop for Streams {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn order_timeline_on_postgres_with_nats() {
-    let db = Db::postgres();
-    let url = nats_url();
-    // Fails, never skips, when NATS is not there.
-    tokio::net::TcpStream::connect(url.trim_start_matches("nats://"))
+/// Starts a server on `db` with the broker backend `backend` at `url` (its `BUS_URL`) in
+/// `deployment`, and runs [`timeline_end_to_end`] against it. Fails, never skips, when the
+/// broker is not reachable.
+async fn timeline_on_broker(db: Db, backend: &str, url: String, deployment: String) {
+    // `scheme://user:password@host:port/path` → `host:port`.
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let addr = rest.split('/').next().unwrap_or(rest);
+    tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| {
-            panic!("NATS at {url} is not reachable (run scripts/services.sh): {e}")
+            panic!("{backend} at {addr} is not reachable (run scripts/services.sh): {e}")
         });
-    let deployment = unique_deployment();
-    let _streams = Streams {
-        url: url.clone(),
-        deployment: deployment.clone(),
-    };
     let server = Server::start_with(
         &db,
         &[
-            ("BUS_BACKEND", "nats".into()),
+            ("BUS_BACKEND", backend.into()),
             ("BUS_URL", url),
             ("MERIDIAN_DEPLOYMENT_ID", deployment),
         ],
     )
     .await;
-    timeline_end_to_end(&db, &server, "nats").await;
+    timeline_end_to_end(&db, &server, backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn order_timeline_on_postgres_with_nats() {
+    let (url, deployment) = (nats_url(), unique_deployment());
+    let _streams = Streams {
+        url: url.clone(),
+        deployment: deployment.clone(),
+    };
+    timeline_on_broker(Db::postgres(), "nats", url, deployment).await;
 }
 
 fn amqp_url() -> String {
@@ -247,53 +255,23 @@ impl Drop for KafkaTopics {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn order_timeline_on_sqlite_with_kafka() {
-    let db = Db::sqlite();
-    let url = kafka_url();
-    // Fails, never skips, when the broker is not there.
-    tokio::net::TcpStream::connect(url.trim_start_matches("kafka://"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!("Kafka at {url} is not reachable (run scripts/services.sh kafka): {e}")
-        });
-    let deployment = unique_deployment();
+    let (url, deployment) = (kafka_url(), unique_deployment());
     let _topics = KafkaTopics {
         url: url.clone(),
         deployment: deployment.clone(),
     };
-    let server = Server::start_with(
-        &db,
-        &[
-            ("BUS_BACKEND", "kafka".into()),
-            (
-                "BUS_URL",
-                format!("kafka://{}", url.trim_start_matches("kafka://")),
-            ),
-            ("MERIDIAN_DEPLOYMENT_ID", deployment),
-        ],
-    )
-    .await;
-    timeline_end_to_end(&db, &server, "kafka").await;
+    let bus_url = format!("kafka://{}", url.trim_start_matches("kafka://"));
+    timeline_on_broker(Db::sqlite(), "kafka", bus_url, deployment).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn order_timeline_on_sqlite_with_rabbitmq() {
-    let db = Db::sqlite();
-    let url = amqp_url();
-    let deployment = unique_deployment();
+    let (url, deployment) = (amqp_url(), unique_deployment());
     let _exchanges = Exchanges {
         url: url.clone(),
         deployment: deployment.clone(),
     };
-    let server = Server::start_with(
-        &db,
-        &[
-            ("BUS_BACKEND", "rabbitmq".into()),
-            ("BUS_URL", url),
-            ("MERIDIAN_DEPLOYMENT_ID", deployment),
-        ],
-    )
-    .await;
-    timeline_end_to_end(&db, &server, "rabbitmq").await;
+    timeline_on_broker(Db::sqlite(), "rabbitmq", url, deployment).await;
 }
 
 /// A `nats-server` of the test's own, stopped and started again on the same port and
