@@ -7,7 +7,9 @@
 //! the messages of one key land in one partition, in publish order. Dead letters
 //! (`<topic>.dlq`) sit under the same domain and so in the same Kafka topic.
 
-use meridian_core::valid_segment;
+pub(crate) use meridian_bus::{
+    DomainReach as Reach, deployment_and_domain as topic_parts, domain_reach as reach,
+};
 
 /// The record header that carries the Meridian topic.
 pub(crate) const TOPIC_HEADER: &str = "meridian-topic";
@@ -31,46 +33,6 @@ pub(crate) fn deployment_regex(deployment: &str) -> String {
 /// The consumer group of a consumer name in a deployment.
 pub(crate) fn group_id(deployment: &str, consumer: &str) -> String {
     format!("meridian.{deployment}.{consumer}")
-}
-
-/// The deployment and domain of a topic that already passed `Topic::parse`
-/// (`deployment.{d}.platform.{domain}.{event...}`).
-pub(crate) fn topic_parts(topic: &str) -> Option<(&str, &str)> {
-    let mut parts = topic.split('.');
-    let (Some("deployment"), Some(dep), Some("platform"), Some(domain)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    Some((dep, domain))
-}
-
-/// Which domain topics a subscription pattern can reach.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Reach {
-    /// The pattern names its domain: one Kafka topic.
-    Domain(String),
-    /// The domain is a wildcard: every domain topic of the deployment.
-    AllDomains,
-    /// The pattern can match no topic (its third segment is a literal other than
-    /// `platform`).
-    Nothing,
-}
-
-/// Works out [`Reach`] from a parsed pattern (every segment is a literal, `*`, or a final
-/// `**`).
-pub(crate) fn reach(pattern: &str) -> Reach {
-    let segs: Vec<&str> = pattern.split('.').collect();
-    match segs.get(2).copied() {
-        Some("**") => return Reach::AllDomains,
-        Some("platform") | Some("*") => {}
-        _ => return Reach::Nothing,
-    }
-    match segs.get(3).copied() {
-        Some("*") | Some("**") => Reach::AllDomains,
-        Some(domain) if valid_segment(domain) => Reach::Domain(domain.to_owned()),
-        _ => Reach::Nothing,
-    }
 }
 
 /// Bits of a [`Delivery::position`](meridian_bus::Delivery) that hold the offset; the
@@ -105,23 +67,6 @@ mod tests {
         assert!(kafka_topic("prod", "oms").starts_with(&topic_prefix("prod")));
         assert_eq!(group_id("prod", "projector"), "meridian.prod.projector");
         assert_eq!(deployment_regex("p-1"), "^meridian\\.p-1\\.[a-z0-9_-]+$");
-    }
-
-    #[test]
-    fn topic_parts_and_reach() {
-        assert_eq!(
-            topic_parts("deployment.d.platform.oms.order.created"),
-            Some(("d", "oms"))
-        );
-        assert_eq!(topic_parts("deployment.d"), None);
-        assert_eq!(
-            reach("deployment.d.platform.oms.order.*"),
-            Reach::Domain("oms".into())
-        );
-        assert_eq!(reach("deployment.d.platform.*.order.x"), Reach::AllDomains);
-        assert_eq!(reach("deployment.d.platform.**"), Reach::AllDomains);
-        assert_eq!(reach("deployment.d.**"), Reach::AllDomains);
-        assert_eq!(reach("deployment.d.other.oms.x"), Reach::Nothing);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! create, and a subscription on `deployment.d.platform.oms.**` sees them exactly as the
 //! topic grammar says it should.
 
-use meridian_core::valid_segment;
+pub(crate) use meridian_bus::{
+    DomainReach as Reach, deployment_and_domain as topic_parts, domain_reach as reach,
+};
 
 /// The stream that holds every topic of `domain` in `deployment`.
 ///
@@ -27,51 +29,6 @@ pub(crate) fn stream_prefix(deployment: &str) -> String {
 /// The subjects a domain stream captures.
 pub(crate) fn stream_subjects(deployment: &str, domain: &str) -> String {
     format!("deployment.{deployment}.platform.{domain}.>")
-}
-
-/// The deployment and domain of a topic that already passed `Topic::parse`
-/// (`deployment.{d}.platform.{domain}.{event...}`).
-pub(crate) fn topic_parts(topic: &str) -> Option<(&str, &str)> {
-    let mut parts = topic.split('.');
-    let (Some("deployment"), Some(dep), Some("platform"), Some(domain)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    Some((dep, domain))
-}
-
-/// Which domain streams a subscription pattern can reach.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Reach {
-    /// The pattern names its domain: one stream.
-    Domain(String),
-    /// The domain is a wildcard: every domain stream of the deployment.
-    AllDomains,
-    /// The pattern can match no topic (its third segment is a literal other than
-    /// `platform`, or it is too short to reach an event).
-    Nothing,
-}
-
-/// Works out [`Reach`] from a pattern in Meridian syntax (already parsed, so every
-/// segment is a valid literal, `*`, or a final `**`).
-pub(crate) fn reach(pattern: &str) -> Reach {
-    let segs: Vec<&str> = pattern.split('.').collect();
-    // segs[0] == "deployment", segs[1] == the deployment id (TopicPattern guarantees both).
-    match segs.get(2).copied() {
-        Some("**") => return Reach::AllDomains,
-        Some("platform") | Some("*") => {}
-        _ => return Reach::Nothing,
-    }
-    match segs.get(3).copied() {
-        Some("*") | Some("**") => Reach::AllDomains,
-        Some(domain) if valid_segment(domain) => {
-            // `deployment.d.platform.oms` alone matches no topic (an event segment is
-            // required), but it is harmless to bind it to the stream.
-            Reach::Domain(domain.to_owned())
-        }
-        _ => Reach::Nothing,
-    }
 }
 
 /// The consumer filter for `domain`'s stream, from a pattern in NATS syntax whose
@@ -105,27 +62,6 @@ mod tests {
             stream_subjects("prod", "oms"),
             "deployment.prod.platform.oms.>"
         );
-    }
-
-    #[test]
-    fn topic_parts_and_reach() {
-        assert_eq!(
-            topic_parts("deployment.d.platform.oms.order.created"),
-            Some(("d", "oms"))
-        );
-        assert_eq!(topic_parts("deployment.d"), None);
-        assert_eq!(
-            reach("deployment.d.platform.oms.order.*"),
-            Reach::Domain("oms".into())
-        );
-        assert_eq!(
-            reach("deployment.d.platform.*.order.created"),
-            Reach::AllDomains
-        );
-        assert_eq!(reach("deployment.d.platform.**"), Reach::AllDomains);
-        assert_eq!(reach("deployment.d.**"), Reach::AllDomains);
-        assert_eq!(reach("deployment.d.*.oms.x"), Reach::Domain("oms".into()));
-        assert_eq!(reach("deployment.d.other.oms.x"), Reach::Nothing);
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub use consumer::{BatchHandler, DeadLetter, DeadLetterSink, Handler, HandlerErr
 pub use error::BusError;
 pub use memory::{MemoryBus, MemoryBusConfig};
 pub use metered::MeteredBus;
-pub use pattern::TopicPattern;
+pub use pattern::{DomainReach, TopicPattern, deployment_and_domain, domain_reach};
 pub use port::{
     AckHandle, Bus, Capabilities, Delivery, MAX_PAYLOAD_BYTES, Message, StartAt, SubscribeOptions,
     Subscription,

@@ -114,6 +114,50 @@ impl fmt::Display for TopicPattern {
     }
 }
 
+/// Which domains of its deployment a subscription pattern can reach. Backends that keep
+/// one stream or topic per domain (NATS JetStream, Kafka) bind a subscription to these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainReach {
+    /// The pattern names its domain: one stream or topic.
+    Domain(String),
+    /// The domain is a wildcard: every domain of the deployment, present and future.
+    AllDomains,
+    /// The pattern can match no topic (its third segment is a literal other than
+    /// `platform`).
+    Nothing,
+}
+
+/// Works out the [`DomainReach`] of a pattern in Meridian syntax that already passed
+/// [`TopicPattern::parse`] (so every segment is a valid literal, `*`, or a final `**`).
+/// `deployment.d.platform.oms` alone matches no topic (an event segment is required), but
+/// it is harmless to bind it to the domain.
+pub fn domain_reach(pattern: &str) -> DomainReach {
+    let segs: Vec<&str> = pattern.split('.').collect();
+    // segs[0] == "deployment", segs[1] == the deployment id (TopicPattern guarantees both).
+    match segs.get(2).copied() {
+        Some("**") => return DomainReach::AllDomains,
+        Some("platform") | Some("*") => {}
+        _ => return DomainReach::Nothing,
+    }
+    match segs.get(3).copied() {
+        Some("*") | Some("**") => DomainReach::AllDomains,
+        Some(domain) if valid_segment(domain) => DomainReach::Domain(domain.to_owned()),
+        _ => DomainReach::Nothing,
+    }
+}
+
+/// The deployment and domain of a topic (or a pattern with literal segments there) that
+/// already passed parsing: `deployment.{d}.platform.{domain}.{event...}`.
+pub fn deployment_and_domain(topic: &str) -> Option<(&str, &str)> {
+    let mut parts = topic.split('.');
+    let (Some("deployment"), Some(dep), Some("platform"), Some(domain)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Some((dep, domain))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +245,30 @@ mod tests {
         assert_eq!(p.to_nats(), "deployment.d.platform.*.order.>");
         assert_eq!(p.to_amqp(), "deployment.d.platform.*.order.#");
         assert_eq!(p.deployment(), "d");
+    }
+
+    #[test]
+    fn domain_reach_and_parts() {
+        assert_eq!(
+            deployment_and_domain("deployment.d.platform.oms.order.created"),
+            Some(("d", "oms"))
+        );
+        assert_eq!(deployment_and_domain("deployment.d"), None);
+        let reach = domain_reach;
+        assert_eq!(
+            reach("deployment.d.platform.oms.order.*"),
+            DomainReach::Domain("oms".into())
+        );
+        assert_eq!(
+            reach("deployment.d.platform.*.order.created"),
+            DomainReach::AllDomains
+        );
+        assert_eq!(reach("deployment.d.platform.**"), DomainReach::AllDomains);
+        assert_eq!(reach("deployment.d.**"), DomainReach::AllDomains);
+        assert_eq!(
+            reach("deployment.d.*.oms.x"),
+            DomainReach::Domain("oms".into())
+        );
+        assert_eq!(reach("deployment.d.other.oms.x"), DomainReach::Nothing);
     }
 }
