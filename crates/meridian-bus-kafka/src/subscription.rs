@@ -43,6 +43,10 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// (which run inside a poll) are not held up for long.
 const FULL_POLL_EVERY: Duration = Duration::from_secs(2);
 
+/// The longest a lag query waits for the broker: a gauge sample must not hold up
+/// deliveries while the broker is slow or away.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A partition of a Kafka topic.
 type Tp = (String, i32);
 
@@ -289,6 +293,57 @@ impl Shared {
         })
         .await
         .map_err(|e| internal("a commit panicked", e))?
+    }
+
+    /// The group's lag on the partitions this member holds, asked of the broker (blocking:
+    /// call it off the async runtime). `None` before the first assignment, once the
+    /// subscription is gone, or when a request fails or runs out of `timeout` (logged at
+    /// debug).
+    fn lag_blocking(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        let consumer = self.consumer.get().and_then(Weak::upgrade)?;
+        let parts: Vec<Tp> = {
+            let st = self.state.lock();
+            if !st.assigned {
+                return None;
+            }
+            st.parts.keys().cloned().collect()
+        };
+        if parts.is_empty() {
+            return Some(0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &parts {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = match consumer.committed_offsets(tpl, timeout) {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::debug!(error = %e, "kafka: consumer lag not read (committed offsets)");
+                return None;
+            }
+        };
+        let mut lag = 0u64;
+        for e in committed.elements() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::debug!("kafka: consumer lag query timed out");
+                return None;
+            }
+            let (low, high) = match consumer.fetch_watermarks(e.topic(), e.partition(), left) {
+                Ok(marks) => marks,
+                Err(err) => {
+                    tracing::debug!(error = %err, topic = e.topic(), partition = e.partition(), "kafka: consumer lag not read (watermarks)");
+                    return None;
+                }
+            };
+            let from = match e.offset() {
+                Offset::Offset(o) if o >= 0 => o,
+                _ => low,
+            };
+            lag = lag.saturating_add(u64::try_from(high.saturating_sub(from)).unwrap_or(0));
+        }
+        Some(lag)
     }
 
     /// Takes one fetched record: buffered if it matches the pattern, settled at once if not.
@@ -753,6 +808,30 @@ impl Subscription for KafkaSubscription {
                     }
                 }
                 None => notified.await,
+            }
+        }
+    }
+
+    /// The sum over the partitions assigned to this member of the group's committed offset
+    /// to the partition's high watermark (from the low watermark where the group has
+    /// committed nothing): records not yet acknowledged by the group, including those
+    /// buffered or in flight here and records outside the pattern not yet passed over. It
+    /// asks the broker (one offset fetch, then the watermarks partition by partition) on a
+    /// blocking thread, at most [`LAG_QUERY_TIMEOUT`] in all; `None` before the first
+    /// assignment or when the broker does not answer in time (logged at debug).
+    /// Deliveries are not held up meanwhile.
+    async fn lag(&mut self) -> Option<u64> {
+        let shared = self.shared.clone();
+        let query = tokio::task::spawn_blocking(move || shared.lag_blocking(LAG_QUERY_TIMEOUT));
+        match tokio::time::timeout(LAG_QUERY_TIMEOUT + Duration::from_millis(100), query).await {
+            Ok(Ok(lag)) => lag,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "kafka: consumer lag query failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("kafka: consumer lag query timed out");
+                None
             }
         }
     }

@@ -177,6 +177,11 @@ impl Batch {
         }
     }
 
+    /// How many messages the batch still holds.
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
     fn pop(&mut self) -> Option<Pending> {
         let message = self.first.take().or_else(|| self.rest.next())?;
         Some(Pending {
@@ -670,9 +675,7 @@ impl MemorySubscription {
 
     /// How many messages the front batch of `local` still holds (a capacity hint).
     fn local_len_hint(&self) -> usize {
-        self.local
-            .front()
-            .map_or(0, |b| usize::from(b.first.is_some()) + b.rest.len())
+        self.local.front().map_or(0, Batch::len)
     }
 
     /// Waits until a message can be delivered (a free in-flight slot and a message) and
@@ -843,6 +846,29 @@ impl Subscription for MemorySubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
         // Cancel-safe as `next`: messages leave `local` only in the poll that returns them.
         std::future::poll_fn(|cx| self.poll_next_batch(cx, max)).await
+    }
+
+    /// The messages the consumer group holds and has not acknowledged: queued for any of
+    /// its members (due now or nacked for later, or in the backlog of a durable group with
+    /// no member), taken into this subscription's buffer and not yet delivered, and
+    /// delivered to any member and not yet settled (in flight). Messages another member
+    /// has already taken into its own buffer are not counted. Read under the group's and
+    /// each member's queue lock, one length per queued batch; no message is touched.
+    async fn lag(&mut self) -> Option<u64> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let local: usize = self.local.iter().map(Batch::len).sum();
+        let state = self.member.group.state.lock();
+        let mut held = local + state.backlog.len();
+        for member in &state.members {
+            let queued = {
+                let q = member.queue.lock();
+                q.ready.iter().map(Batch::len).sum::<usize>() + q.delayed.len()
+            };
+            held += queued + member.in_flight.load(Ordering::SeqCst);
+        }
+        Some(held as u64)
     }
 }
 

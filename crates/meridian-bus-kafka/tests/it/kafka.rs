@@ -318,3 +318,50 @@ async fn outage_is_reported_then_recovered() {
     assert_eq!(delivery.message.envelope.id, sent.envelope.id);
     delivery.ack().await.expect("ack");
 }
+
+/// The lag of a durable consumer counts what the group has not acknowledged on its
+/// partitions: with two of N records delivered and unacked, at least N - 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_records_the_group_has_not_acknowledged() {
+    const N: u64 = 8;
+    let (bus, d, _cleanup) = setup().await;
+    let t = topic(&d, "oms.order.created");
+    for n in 0..N {
+        bus.publish(message(&t, &format!("k{n}"), n))
+            .await
+            .expect("publish");
+    }
+    let mut sub = bus
+        .subscribe(
+            &TopicPattern::exact(&t),
+            SubscribeOptions {
+                start: meridian_bus::StartAt::Earliest,
+                ..SubscribeOptions::durable("lagging")
+            },
+        )
+        .await
+        .expect("subscribe");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            timeout(WAIT, sub.next())
+                .await
+                .expect("a delivery")
+                .expect("next"),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let lag = loop {
+        let lag = sub.lag().await;
+        if lag.is_some_and(|l| l >= N - 2) || tokio::time::Instant::now() >= deadline {
+            break lag;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        lag.is_some_and(|l| l >= N - 2),
+        "lag {lag:?}, expected at least {}",
+        N - 2
+    );
+    drop(held);
+}

@@ -339,3 +339,39 @@ async fn batch_receive_respects_max_and_in_flight_and_ack_all_settles() {
         );
     }
 }
+
+#[tokio::test]
+async fn lag_counts_queued_and_in_flight_messages_of_the_group() {
+    const N: u64 = 10;
+    let bus = MemoryBus::new();
+    let t = topic("d", "lag.created");
+    let mut sub = bus
+        .subscribe(&TopicPattern::exact(&t), SubscribeOptions::ephemeral("c"))
+        .await
+        .unwrap();
+    assert_eq!(sub.lag().await, Some(0));
+    for n in 0..N {
+        bus.publish(message(&t, "k", n)).await.unwrap();
+    }
+    assert_eq!(sub.lag().await, Some(N));
+    let first = next(&mut sub).await;
+    let second = next(&mut sub).await;
+    // Two in flight, the rest taken into the subscription's buffer or still queued.
+    assert_eq!(sub.lag().await, Some(N));
+    first.ack().await.unwrap();
+    assert_eq!(sub.lag().await, Some(N - 1));
+    second.nack(Duration::from_secs(60)).await.unwrap();
+    // A nacked message waits for redelivery: still held for the group.
+    assert_eq!(sub.lag().await, Some(N - 1));
+    // A second member's queue counts too.
+    let mut other = bus
+        .subscribe(&TopicPattern::exact(&t), SubscribeOptions::ephemeral("c"))
+        .await
+        .unwrap();
+    bus.publish(message(&t, "k", N)).await.unwrap();
+    assert_eq!(sub.lag().await, Some(N));
+    // Another member does not see this one's buffer.
+    assert!(other.lag().await.is_some_and(|l| l <= N));
+    bus.close();
+    assert_eq!(sub.lag().await, None);
+}
