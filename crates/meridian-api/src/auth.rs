@@ -183,9 +183,9 @@ pub async fn authenticate(
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
+        .map(MatchedPath::as_str)
         .unwrap_or_default();
-    let permitted = required_permission(request.method(), &route).is_some_and(|p| principal.can(p));
+    let permitted = required_permission(request.method(), route).is_some_and(|p| principal.can(p));
     if !permitted {
         return Problem::new(
             ErrorCode::Forbidden,
@@ -217,16 +217,17 @@ pub struct TenantContext {
 impl FromRequestParts<AppState> for TenantContext {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let principal = match parts.extensions.get::<Principal>() {
-            Some(p) => p.clone(),
-            // A route outside the middleware: authenticate here (no permission check, so
-            // every authenticated route belongs behind the middleware).
-            None => {
-                let credential = Credential::from_headers(&parts.headers)?;
-                verify(&state.auth, &credential).await?
-            }
-        };
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Problem> {
+        // Only `authenticate` puts a principal here, after the route's permission check. A
+        // handler mounted outside it is a wiring error: refuse rather than authenticate
+        // without the permission check (default deny).
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| {
+                Problem::internal("a tenant-scoped route is not behind the authentication layer")
+            })?;
         Ok(TenantContext {
             tenant_id: principal.tenant_id,
             principal,

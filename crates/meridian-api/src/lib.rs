@@ -82,8 +82,23 @@ pub fn gateway_bench_router(state: AppState) -> Router {
     async fn trivial() -> axum::Json<serde_json::Value> {
         axum::Json(serde_json::json!({"ok": true}))
     }
-    let gated = Router::new()
-        .route("/v1/products/{sku}", get(trivial))
+    let gated = behind_authentication(
+        Router::new().route("/v1/products/{sku}", get(trivial)),
+        &state,
+    );
+    let routes = Router::new()
+        .route("/bench/baseline", get(trivial))
+        // Where the benchmark gets its access token.
+        .route("/v1/auth/token", post(resources::auth::token))
+        .merge(gated);
+    with_outer_layers(routes, state)
+}
+
+/// The gateway's layers, which run inside authentication and so see the principal:
+/// `rate_limit` counts the request against its tenant's plan (or its client address), then
+/// `dispatch` forwards it when this process does not run the route's service (split mode).
+fn gateway_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             layers::dispatch,
@@ -92,21 +107,36 @@ pub fn gateway_bench_router(state: AppState) -> Router {
             state.clone(),
             layers::rate_limit,
         ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
-    Router::new()
-        .route("/bench/baseline", get(trivial))
-        // Where the benchmark gets its access token.
-        .route("/v1/auth/token", post(resources::auth::token))
-        .merge(gated)
+}
+
+/// Every route of `routes` needs a credential and the permission listed for it in
+/// `auth::required_permission`; the gateway's layers run inside the authentication and
+/// find the `Principal` in the request extensions.
+fn behind_authentication(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    gateway_layers(routes, state).route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ))
+}
+
+/// The layers every route shares. `Router::layer` wraps each route (and the fallbacks)
+/// after routing, so the layers see the `MatchedPath`. Later layers are outer: `observe`
+/// sees the responses of a caught panic and of a timeout, so both are counted, logged with
+/// the request id, and answered as problem+json. CORS, when configured, answers preflights
+/// before authentication.
+fn with_outer_layers(routes: Router<AppState>, state: AppState) -> Router {
+    let routes = routes
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(CatchPanicLayer::custom(layers::PanicToProblem))
         .layer(axum::middleware::from_fn_with_state(
             state.config.request_timeout,
             layers::timeout,
-        ))
+        ));
+    let routes = match layers::cors(&state.config.gateway.cors_origins) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn(layers::observe))
         .with_state(state)
 }
@@ -118,9 +148,7 @@ pub fn router(state: AppState) -> Router {
         warehouses,
     };
 
-    // Every route of this router needs a credential and the permission listed for it in
-    // `auth::required_permission`. Layers added with `route_layer` below `authenticate`
-    // run inside it and find the `Principal` in the request extensions.
+    // Every route here needs a credential and its permission (see `behind_authentication`).
     let authenticated = Router::new()
         // Catalog.
         .route("/v1/products", post(products::create).get(products::list))
@@ -168,22 +196,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/auth/signing-keys/rotate",
             post(auth_routes::rotate_signing_keys),
-        )
-        // The gateway's layers run inside authentication, so they see the principal:
-        // `rate_limit` counts the request against its tenant's plan, then `dispatch`
-        // forwards it when this process does not run the route's service (split mode).
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            layers::dispatch,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            layers::rate_limit,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
+        );
+    let authenticated = behind_authentication(authenticated, &state);
 
     let routes = Router::new()
         // Operational endpoints: no authentication.
@@ -198,39 +212,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/.well-known/openid-configuration",
             get(auth_routes::openid_configuration),
-        )
-        // The token endpoint is limited per client IP; the auth service's public routes are
-        // forwarded like the others in split mode.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            layers::dispatch,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            layers::rate_limit,
-        ))
+        );
+    // The token endpoint is limited per client IP; the auth service's public routes are
+    // forwarded like the others in split mode.
+    let routes = gateway_layers(routes, &state)
         .merge(authenticated)
         .fallback(layers::not_found)
         // Must come after every route: it is installed on the routes that exist when called.
         .method_not_allowed_fallback(layers::method_not_allowed);
 
-    // `Router::layer` wraps each route (and the fallbacks) after routing, so the layers see
-    // the `MatchedPath`. Later layers are outer: `observe` sees the responses of a caught
-    // panic and of a timeout, so both are counted, logged with the request id, and answered
-    // as problem+json.
-    // CORS, when configured, answers preflights before authentication.
-    let routes = routes
-        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
-        .layer(CatchPanicLayer::custom(layers::PanicToProblem))
-        .layer(axum::middleware::from_fn_with_state(
-            state.config.request_timeout,
-            layers::timeout,
-        ));
-    let routes = match layers::cors(&state.config.gateway.cors_origins) {
-        Some(cors) => routes.layer(cors),
-        None => routes,
-    };
-    routes
-        .layer(axum::middleware::from_fn(layers::observe))
-        .with_state(state)
+    with_outer_layers(routes, state)
 }

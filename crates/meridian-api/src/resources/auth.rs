@@ -297,26 +297,27 @@ async fn password_grant(
         .into_iter()
         .filter(|l| tenant.is_none_or(|t| l.user.tenant_id == t))
         .collect();
-    if candidates.len() > 1 {
-        return Err(invalid_request(
-            "this email belongs to users of several tenants; pass tenant_id",
-        ));
-    }
-    let login = candidates.into_iter().next();
+    // The password is checked before anything is said about the email, so a caller who
+    // does not know it learns nothing (not even that the email exists in several tenants),
+    // and an unknown email costs the same hash as a known one.
     let presented = password.clone();
-    let (login, ok) = tokio::task::spawn_blocking(move || match login {
-        Some(l) => {
-            let ok = password::verify(&presented, &l.password_hash);
-            (Some(l), ok)
-        }
-        None => {
+    let mut matching = tokio::task::spawn_blocking(move || {
+        if candidates.is_empty() {
             password::verify_dummy(&presented);
-            (None, false)
         }
+        candidates
+            .into_iter()
+            .filter(|l| password::verify(&presented, &l.password_hash))
+            .collect::<Vec<_>>()
     })
     .await
     .map_err(Problem::internal)?;
-    let Some(login) = login.filter(|_| ok) else {
+    if matching.len() > 1 {
+        return Err(invalid_request(
+            "this email and password belong to users of several tenants; pass tenant_id",
+        ));
+    }
+    let Some(login) = matching.pop() else {
         auth.account_throttle.fail(&account, now);
         auth.ip_throttle.fail(&ip, now);
         return Err(oauth(
