@@ -145,6 +145,7 @@ pub struct PgStore {
     writer: writer::OrderWriter,
     /// For the relay lock's own connection (see [`relay::try_lock_relay`]).
     relay_lock_config: tokio_postgres::Config,
+    relay_standby: relay::StandbySession,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -199,6 +200,7 @@ impl PgStore {
             events,
             writer,
             relay_lock_config: config.driver_config("meridian-relay-lock")?,
+            relay_standby: Default::default(),
         })
     }
 
@@ -467,7 +469,7 @@ impl Store for PgStore {
     }
 
     async fn try_lock_relay(&self) -> Result<Option<Box<dyn crate::RelayLock>>> {
-        relay::try_lock_relay(&self.relay_lock_config).await
+        relay::try_lock_relay(&self.relay_lock_config, &self.relay_standby).await
     }
 
     async fn order_events(&self, tenant: TenantId, order: OrderId) -> Result<Vec<OrderEvent>> {

@@ -187,32 +187,47 @@ const TRY_RELAY_LOCK: &str = "SELECT pg_try_advisory_lock(\
 /// How long [`PgRelayLock::is_held`] waits for its connection to answer.
 const LOCK_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Opens a connection of its own and takes the session-level relay lock on it. The lock
-/// lives exactly as long as that session: dropping the lock closes the connection, and a
-/// relay process that dies takes the session (and the lock) with it.
+/// The relay lock's session while this store waits for the lock: kept between attempts
+/// so that a standby relay asks again on one connection instead of opening a new one every
+/// second.
+pub(super) type StandbySession = tokio::sync::Mutex<Option<PgRelayLock>>;
+
+/// Takes the session-level relay lock on a connection of its own (the standby session, or
+/// a new one when there is none or it has closed). The lock lives exactly as long as that
+/// session: dropping the lock closes the connection, and a relay process that dies takes
+/// the session (and the lock) with it.
 pub(super) async fn try_lock_relay(
     config: &tokio_postgres::Config,
+    standby: &StandbySession,
 ) -> Result<Option<Box<dyn RelayLock>>> {
-    let (client, connection) = config.connect(NoTls).await.map_err(error::db)?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "the relay lock's connection ended");
+    let mut standby = standby.lock().await;
+    let session = match standby.take() {
+        Some(s) if !s.client.is_closed() => s,
+        _ => {
+            let (client, connection) = config.connect(NoTls).await.map_err(error::db)?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "the relay lock's connection ended");
+                }
+            });
+            PgRelayLock { client, task }
         }
-    });
-    let row = client
+    };
+    let row = session
+        .client
         .query_one(TRY_RELAY_LOCK, &[])
         .await
         .map_err(error::db)?;
     let locked: bool = rows::get(&row, "locked")?;
     if !locked {
-        task.abort();
+        *standby = Some(session);
         return Ok(None);
     }
-    Ok(Some(Box::new(PgRelayLock { client, task })))
+    Ok(Some(Box::new(session)))
 }
 
 #[derive(Debug)]
-struct PgRelayLock {
+pub(super) struct PgRelayLock {
     client: Client,
     task: tokio::task::JoinHandle<()>,
 }
