@@ -7,6 +7,7 @@ mod bench;
 mod config;
 mod demo;
 mod server;
+mod sidecar;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ enum Command {
         #[command(subcommand)]
         command: DeadLettersCommand,
     },
+    /// A plugin's sidecar: its ACL-scoped door to the bus, state and health (docs/plugins.md).
+    Sidecar(sidecar::SidecarArgs),
     /// Benchmarks against a real server over TCP.
     Bench {
         #[command(subcommand)]
@@ -259,6 +262,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::DeadLetters { command } => {
             init_logging(config.log_format, "warn");
             dead_letters(&config, command).await?;
+        }
+        Command::Sidecar(args) => {
+            init_logging(config.log_format, "info");
+            sidecar::run(&config, args).await?;
         }
         Command::Bench { .. } => unreachable!("handled above"),
     }

@@ -7,4 +7,5 @@ mod crash;
 mod events;
 mod gateway;
 mod race;
+mod sidecar;
 mod support;

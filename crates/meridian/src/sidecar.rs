@@ -1,0 +1,105 @@
+//! `meridian sidecar`: reads a plugin's manifest and grant decisions, opens the configured
+//! bus (`BUS_BACKEND` / `BUS_URL`, as the server does) and serves the sidecar API on a
+//! loopback address until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use meridian_plugin::{Acl, GrantDecisions, Manifest};
+use meridian_sidecar::{Sidecar, SidecarConfig};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct SidecarArgs {
+    /// The plugin's manifest (TOML).
+    #[arg(long, env = "MERIDIAN_SIDECAR_MANIFEST")]
+    manifest: PathBuf,
+    /// The admin's decisions on the plugin's grants (TOML, `[[grant]]` tables); without
+    /// it only the pool template applies.
+    #[arg(long, env = "MERIDIAN_SIDECAR_GRANTS")]
+    grants: Option<PathBuf>,
+    /// The token the plugin must present (at least 16 characters). Prefer the environment
+    /// variable: a flag shows in the process list.
+    #[arg(long, env = "MERIDIAN_SIDECAR_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The loopback address to listen on; port 0 picks a free one. The bound address is
+    /// printed on stdout as `{"listening":"127.0.0.1:PORT"}`.
+    #[arg(long, env = "MERIDIAN_SIDECAR_BIND", default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Where the instance's state file lives; defaults to `{MERIDIAN_DATA_DIR}/plugins`.
+    #[arg(long, env = "MERIDIAN_SIDECAR_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The plugin's config (JSON), checked against the manifest's config schema.
+    #[arg(long, env = "MERIDIAN_SIDECAR_PLUGIN_CONFIG")]
+    plugin_config: Option<PathBuf>,
+    /// Seconds a delivery may stay unacknowledged before the bus redelivers it.
+    #[arg(long, env = "MERIDIAN_SIDECAR_ACK_WAIT_SECS", default_value_t = 30)]
+    ack_wait_secs: u64,
+}
+
+pub async fn run(config: &Config, args: SidecarArgs) -> Result<()> {
+    if !args.bind.ip().is_loopback() {
+        bail!(
+            "MERIDIAN_SIDECAR_BIND={} is not a loopback address: the sidecar serves only its \
+             plugin, on the same host",
+            args.bind
+        );
+    }
+    if !(1..=3600).contains(&args.ack_wait_secs) {
+        bail!("MERIDIAN_SIDECAR_ACK_WAIT_SECS must be between 1 and 3600");
+    }
+    let text = std::fs::read_to_string(&args.manifest)
+        .with_context(|| format!("cannot read the manifest {}", args.manifest.display()))?;
+    let manifest = Manifest::from_toml(&text)
+        .with_context(|| format!("manifest {}", args.manifest.display()))?;
+    let decisions = match &args.grants {
+        None => GrantDecisions::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the grants {}", path.display()))?;
+            GrantDecisions::from_toml(&text)
+                .with_context(|| format!("grants {}", path.display()))?
+        }
+    };
+    let acl = Acl::new(&config.deployment_id, &manifest, &decisions)?;
+    let plugin_config = match &args.plugin_config {
+        None => serde_json::json!({}),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the plugin config {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("plugin config {} is not JSON", path.display()))?
+        }
+    };
+    let bus = crate::server::open_bus(config).await?;
+    let sidecar = Sidecar::start(
+        SidecarConfig {
+            state_dir: args
+                .state_dir
+                .unwrap_or_else(|| config.data_dir.join("plugins")),
+            manifest,
+            acl,
+            token: args.token,
+            plugin_config,
+            ack_wait: Duration::from_secs(args.ack_wait_secs),
+        },
+        bus,
+    )
+    .await?;
+    let listener = TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("cannot listen on MERIDIAN_SIDECAR_BIND={}", args.bind))?;
+    let addr = listener.local_addr()?;
+    println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+    tracing::info!(%addr, "sidecar is serving");
+    axum::serve(listener, meridian_sidecar::router(sidecar.clone()))
+        .with_graceful_shutdown(crate::server::shutdown_signal())
+        .await
+        .context("the sidecar's HTTP server failed")?;
+    sidecar.shutdown();
+    Ok(())
+}
