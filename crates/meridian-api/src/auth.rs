@@ -158,6 +158,24 @@ pub fn required_permission(method: &Method, route: &str) -> Option<Permission> {
         ("/v1/api-keys" | "/v1/api-keys/{id}" | "/v1/api-keys/{id}/rotate", true) => ApiKeysManage,
         ("/v1/users" | "/v1/users/{id}", false) => UsersRead,
         ("/v1/users" | "/v1/users/{id}", true) => UsersManage,
+        (
+            "/v1/webhooks"
+            | "/v1/webhooks/{id}"
+            | "/v1/webhooks/{id}/deliveries"
+            | "/v1/notifications"
+            | "/v1/templates"
+            | "/v1/templates/{id}",
+            false,
+        ) => NotificationsRead,
+        ("/v1/templates/preview", true) => NotificationsRead,
+        ("/v1/templates" | "/v1/templates/{id}", true) => NotificationsManage,
+        (
+            "/v1/webhooks"
+            | "/v1/webhooks/{id}"
+            | "/v1/webhooks/{id}/rotate-secret"
+            | "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            true,
+        ) => NotificationsManage,
         ("/v1/auth/signing-keys/rotate", true) => SigningKeysRotate,
         _ => return None,
     };
@@ -301,6 +319,11 @@ mod tests {
             (Method::POST, "/v1/dead-letters/{id}/replay"),
             (Method::POST, "/v1/api-keys/{id}/rotate"),
             (Method::PATCH, "/v1/users/{id}"),
+            (Method::GET, "/v1/webhooks/{id}/deliveries"),
+            (
+                Method::POST,
+                "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            ),
         ] {
             assert!(required_permission(&m, r).is_some(), "{m} {r}");
         }

@@ -144,8 +144,8 @@ fn with_outer_layers(routes: Router<AppState>, state: AppState) -> Router {
 /// The whole HTTP surface, with its layers, ready to serve.
 pub fn router(state: AppState) -> Router {
     use resources::{
-        api_keys, auth as auth_routes, dead_letters, inventory, ops, orders, products, users,
-        warehouses,
+        api_keys, auth as auth_routes, dead_letters, inventory, notifications, ops, orders,
+        products, templates, users, warehouses, webhooks,
     };
 
     // Every route here needs a credential and its permission (see `behind_authentication`).
@@ -196,6 +196,36 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/auth/signing-keys/rotate",
             post(auth_routes::rotate_signing_keys),
+        )
+        // Webhook endpoints of the caller's tenant and their delivery log.
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route("/v1/notifications", get(notifications::list))
+        // Notification templates.
+        .route(
+            "/v1/templates",
+            post(templates::create).get(templates::list),
+        )
+        .route("/v1/templates/preview", post(templates::preview))
+        .route(
+            "/v1/templates/{id}",
+            get(templates::get)
+                .patch(templates::update)
+                .delete(templates::delete),
         );
     let authenticated = behind_authentication(authenticated, &state);
 

@@ -95,6 +95,10 @@ pub enum Permission {
     ApiKeysManage,
     UsersRead,
     UsersManage,
+    /// See the tenant's webhook endpoints, templates and notification log.
+    NotificationsRead,
+    /// Manage webhook endpoints (secrets, redelivery) and templates.
+    NotificationsManage,
     /// Platform-wide: create tenants, see every tenant.
     TenantsManage,
     /// Platform-wide: rotate the JWT signing keys.
@@ -102,7 +106,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 16] = [
         Permission::CatalogRead,
         Permission::CatalogWrite,
         Permission::InventoryRead,
@@ -115,6 +119,8 @@ impl Permission {
         Permission::ApiKeysManage,
         Permission::UsersRead,
         Permission::UsersManage,
+        Permission::NotificationsRead,
+        Permission::NotificationsManage,
         Permission::TenantsManage,
         Permission::SigningKeysRotate,
     ];
@@ -134,6 +140,8 @@ impl Permission {
             Permission::ApiKeysManage => "api_keys:manage",
             Permission::UsersRead => "users:read",
             Permission::UsersManage => "users:manage",
+            Permission::NotificationsRead => "notifications:read",
+            Permission::NotificationsManage => "notifications:manage",
             Permission::TenantsManage => "platform:tenants",
             Permission::SigningKeysRotate => "platform:signing_keys",
         }
@@ -154,8 +162,11 @@ pub fn permits(role: Role, permission: Permission) -> bool {
     use Permission::*;
     let least = match permission {
         CatalogRead | InventoryRead | OrdersRead => Role::Viewer,
-        CatalogWrite | InventoryWrite | OrdersWrite | DeadLettersRead => Role::Member,
-        DeadLettersReplay | ApiKeysRead | ApiKeysManage | UsersRead | UsersManage => Role::Admin,
+        CatalogWrite | InventoryWrite | OrdersWrite | DeadLettersRead | NotificationsRead => {
+            Role::Member
+        }
+        DeadLettersReplay | ApiKeysRead | ApiKeysManage | UsersRead | UsersManage
+        | NotificationsManage => Role::Admin,
         TenantsManage | SigningKeysRotate => Role::PlatformAdmin,
     };
     role >= least
@@ -258,6 +269,8 @@ mod tests {
         (ApiKeysManage, [false, false, true, true, true]),
         (UsersRead, [false, false, true, true, true]),
         (UsersManage, [false, false, true, true, true]),
+        (NotificationsRead, [false, true, true, true, true]),
+        (NotificationsManage, [false, false, true, true, true]),
         (TenantsManage, [false, false, false, false, true]),
         (SigningKeysRotate, [false, false, false, false, true]),
     ];

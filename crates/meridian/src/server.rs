@@ -108,12 +108,15 @@ impl Background {
                 }
             })
         };
+        let (notify_consumer, notify_worker) = start_notifications(config, store, bus, &shutdown);
         let relay = Relay::new(store.clone(), bus.clone(), RelayConfig::default());
         let relay = tokio::spawn(relay.run(shutdown));
         Background {
             stop,
             tasks: vec![
                 ("order-events consumer", projection),
+                ("notification consumer", notify_consumer),
+                ("webhook delivery worker", notify_worker),
                 ("outbox relay", relay),
             ],
         }
@@ -129,6 +132,38 @@ impl Background {
             }
         }
     }
+}
+
+/// The notification service: the consumers that turn order, shipment and webhook events
+/// into notifications (webhooks, email, SMS), and the worker that sends them.
+fn start_notifications(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    bus: &Arc<dyn Bus>,
+    shutdown: &watch::Receiver<bool>,
+) -> (JoinHandle<()>, JoinHandle<()>) {
+    let wake = meridian_notify::Wake::new();
+    let consumer = {
+        let (bus, store, shutdown) = (bus.clone(), store.clone(), shutdown.clone());
+        let deployment = config.deployment_id.clone();
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            let sink = Arc::new(StoreDeadLetterSink::new(store.clone()));
+            let notify: Arc<dyn meridian_store::NotifyStore> = store;
+            if let Err(e) =
+                meridian_notify::run_consumers(bus, notify, &deployment, sink, wake, shutdown).await
+            {
+                tracing::error!(error = %e, "the notification consumer stopped");
+            }
+        })
+    };
+    let worker = tokio::spawn(meridian_notify::run_worker(
+        store.clone(),
+        config.notify.worker(),
+        wake,
+        shutdown.clone(),
+    ));
+    (consumer, worker)
 }
 
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
@@ -184,6 +219,16 @@ pub async fn serve_with(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot declare the order-events consumer yet"),
         Err(_) => tracing::warn!("declaring the order-events consumer timed out"),
+    }
+    match tokio::time::timeout(
+        DECLARE_TIMEOUT,
+        meridian_notify::declare(bus.as_ref(), &config.deployment_id),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot declare the notification consumers yet"),
+        Err(_) => tracing::warn!("declaring the notification consumers timed out"),
     }
     let background = Background::start(&config, &store, &bus);
     let result = serve_api(config, store, Some(bus), ready).await;

@@ -723,6 +723,57 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/auth/signing-keys/rotate",
         "/v1/auth/signing-keys/rotate",
     ),
+    ("GET", "/v1/webhooks", "/v1/webhooks"),
+    ("GET", "/v1/notifications", "/v1/notifications"),
+    ("GET", "/v1/templates", "/v1/templates"),
+    ("POST", "/v1/templates", "/v1/templates"),
+    ("POST", "/v1/templates/preview", "/v1/templates/preview"),
+    (
+        "GET",
+        "/v1/templates/{id}",
+        "/v1/templates/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "PATCH",
+        "/v1/templates/{id}",
+        "/v1/templates/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "DELETE",
+        "/v1/templates/{id}",
+        "/v1/templates/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    ("POST", "/v1/webhooks", "/v1/webhooks"),
+    (
+        "GET",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "PATCH",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "DELETE",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{id}/rotate-secret",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000/rotate-secret",
+    ),
+    (
+        "GET",
+        "/v1/webhooks/{id}/deliveries",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000/deliveries",
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000/deliveries/0190a0a0-0000-7000-8000-000000000000/redeliver",
+    ),
 ];
 
 #[tokio::test]

@@ -27,6 +27,7 @@ mod dead_letters;
 mod error;
 mod inventory;
 mod migrate;
+mod notify;
 mod orders;
 mod relay;
 mod rows;

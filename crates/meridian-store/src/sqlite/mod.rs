@@ -22,6 +22,7 @@ mod commands;
 mod conn;
 mod dead_letters;
 mod error;
+mod notify;
 mod outbox;
 mod queries;
 mod readers;
