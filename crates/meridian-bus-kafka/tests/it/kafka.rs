@@ -176,10 +176,10 @@ async fn pattern_across_domains_joins_new_domains() {
             .await
             .expect("delivered within the discovery period")
             .expect("next");
-        got.insert(delivery.message.envelope.id);
+        got.insert(delivery.message.id());
         delivery.ack().await.expect("ack");
     }
-    assert_eq!(got, HashSet::from([oms.envelope.id, late.envelope.id]));
+    assert_eq!(got, HashSet::from([oms.id(), late.id()]));
     assert!(
         timeout(Duration::from_millis(500), sub.next())
             .await
@@ -215,7 +215,7 @@ async fn unsettled_delivery_comes_back_after_ack_wait() {
         .await
         .expect("redelivered after the ack wait")
         .expect("next");
-    assert_eq!(second.message.envelope.id, sent.envelope.id);
+    assert_eq!(second.message.id(), sent.id());
     assert_eq!(second.attempt, 2);
     first.ack().await.expect("late ack");
     second.ack().await.expect("ack");
@@ -317,7 +317,7 @@ async fn outage_is_reported_then_recovered() {
         .await
         .expect("delivered")
         .expect("next");
-    assert_eq!(delivery.message.envelope.id, sent.envelope.id);
+    assert_eq!(delivery.message.id(), sent.id());
     delivery.ack().await.expect("ack");
 }
 
