@@ -404,7 +404,7 @@ async fn durable_consumer_resumes_after_a_broker_crash() {
     let mut sent = HashSet::new();
     for n in 0..10 {
         let m = message(&t, "k", n);
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         bus.publish(m).await.expect("publish");
     }
     let mut acked = HashSet::new();
@@ -413,7 +413,7 @@ async fn durable_consumer_resumes_after_a_broker_crash() {
             .await
             .expect("a delivery")
             .expect("next");
-        acked.insert(delivery.message.envelope.id);
+        acked.insert(delivery.message.id());
         delivery.ack().await.expect("ack");
     }
     drop(sub);
@@ -421,7 +421,7 @@ async fn durable_consumer_resumes_after_a_broker_crash() {
     broker.restart().await;
     for n in 10..15 {
         let m = message(&t, "k", n);
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         publish_through_restart(&bus, m).await;
     }
     let marker = message(&t, "k", u64::MAX);
@@ -449,13 +449,13 @@ async fn durable_consumer_resumes_after_a_broker_crash() {
             Err(BusError::Unavailable(_)) => continue,
             Err(e) => panic!("next failed after the restart: {e}"),
         };
-        let id = delivery.message.envelope.id;
+        let id = delivery.message.id();
         assert!(
             !acked.contains(&id),
             "a message acknowledged before the crash came back: {id}"
         );
         delivery.ack().await.expect("ack");
-        if id == marker.envelope.id {
+        if id == marker.id() {
             break;
         }
         got.insert(id);
@@ -499,6 +499,6 @@ async fn member_without_partitions_is_harmless() {
     .await
     .expect("delivered to one member")
     .expect("next");
-    assert_eq!(delivery.message.envelope.id, sent.envelope.id);
+    assert_eq!(delivery.message.id(), sent.id());
     delivery.ack().await.expect("ack");
 }
