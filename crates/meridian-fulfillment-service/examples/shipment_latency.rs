@@ -154,7 +154,7 @@ async fn main() {
             continue;
         };
         for d in batch {
-            if let Ok(s) = serde_json::from_value::<Shipment>(d.message.envelope.data.clone()) {
+            if let Ok(s) = serde_json::from_value::<Shipment>(d.message.envelope().data.clone()) {
                 let at = first.entry(s.order_id).or_insert(s.created_at);
                 *at = (*at).min(s.created_at);
             }

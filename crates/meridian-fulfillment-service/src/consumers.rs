@@ -23,7 +23,7 @@ pub const ORDERS_CONSUMER: &str = "fulfillment-orders";
 
 /// The envelope a message carries: the one place this service reads it from a message.
 fn envelope(message: &Message) -> &Envelope {
-    &message.envelope
+    message.envelope()
 }
 
 fn data<T: serde::de::DeserializeOwned>(e: &Envelope, what: &str) -> Result<T, HandlerError> {
