@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod ops;
 pub mod orders;
 pub mod products;
+pub mod shipments;
 pub mod users;
 pub mod warehouses;
 

@@ -2,6 +2,7 @@
 //! ([`conformance`]) run against every backend, plus each backend's own tests.
 
 mod conformance;
+mod fulfillment;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
