@@ -80,14 +80,19 @@ ensure_nats() {
 }
 
 # Kafka protocol: the `tansu` broker (Debian packages no Kafka), in memory, on 127.0.0.1:19092.
-# Built once per machine with cargo (about 13 minutes on two cores); later runs reuse it.
+# Built once per machine with cargo (13 to 40 minutes on two cores); later runs reuse it.
+# The build has the in-memory (`dynostore`) and the PostgreSQL storage engines: the shared
+# broker runs in memory; the Kafka tests start private brokers on PostgreSQL to restart
+# them. It goes into a directory of its own, where the tests look for it too.
 TANSU_VERSION=0.6.0
 ensure_kafka() {
   port_open 127.0.0.1 19092 && { log "Kafka (tansu) is up"; return; }
-  local tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+  local root="${CARGO_HOME:-$HOME/.cargo}/tansu-$TANSU_VERSION-pg"
+  local tansu="$root/bin/tansu"
   if [ ! -x "$tansu" ]; then
-    log "tansu $TANSU_VERSION is not installed; building it with cargo (about 13 minutes, once per machine)"
-    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore >/tmp/tansu-install.log 2>&1 \
+    log "tansu $TANSU_VERSION is not installed; building it with cargo (13 to 40 minutes, once per machine)"
+    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,postgres --root "$root" \
+      >/tmp/tansu-install.log 2>&1 \
       || { log "ERROR: cargo install tansu failed; see /tmp/tansu-install.log"; exit 1; }
   fi
   log "starting Kafka (tansu) on 127.0.0.1:19092, log in /tmp/tansu.log"

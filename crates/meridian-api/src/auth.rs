@@ -152,6 +152,14 @@ pub fn required_permission(method: &Method, route: &str) -> Option<Permission> {
         (r, true) if r.starts_with("/v1/inventory/") => InventoryWrite,
         ("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/events", false) => OrdersRead,
         ("/v1/orders" | "/v1/orders/{id}/cancel" | "/v1/orders/{id}/fulfill", true) => OrdersWrite,
+        (
+            "/v1/shipments"
+            | "/v1/shipments/{id}"
+            | "/v1/shipments/{id}/label"
+            | "/v1/shipments/{id}/label-url",
+            false,
+        ) => ShipmentsRead,
+        ("/v1/shipments/{id}/tracking", true) => ShipmentsWrite,
         ("/v1/dead-letters" | "/v1/dead-letters/{id}", false) => DeadLettersRead,
         ("/v1/dead-letters/{id}/replay", true) => DeadLettersReplay,
         ("/v1/api-keys", false) => ApiKeysRead,
@@ -317,6 +325,8 @@ mod tests {
             (Method::PUT, "/v1/inventory/{warehouse_code}/{sku}"),
             (Method::POST, "/v1/orders/{id}/cancel"),
             (Method::POST, "/v1/dead-letters/{id}/replay"),
+            (Method::GET, "/v1/shipments/{id}/label"),
+            (Method::POST, "/v1/shipments/{id}/tracking"),
             (Method::POST, "/v1/api-keys/{id}/rotate"),
             (Method::PATCH, "/v1/users/{id}"),
             (Method::GET, "/v1/webhooks/{id}/deliveries"),

@@ -7,7 +7,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::resources::{
-    api_keys, auth, dead_letters, inventory, ops, orders, products, users, warehouses, webhooks,
+    api_keys, auth, dead_letters, inventory, ops, orders, products, shipments, users, warehouses,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -40,6 +41,13 @@ use crate::resources::{
         orders::events,
         orders::cancel,
         orders::fulfill,
+        shipments::list,
+        shipments::get,
+        shipments::label,
+        shipments::tracking,
+        shipments::carrier_webhook,
+        shipments::label_url,
+        shipments::presigned_label,
         dead_letters::list,
         dead_letters::get,
         dead_letters::replay,
@@ -81,6 +89,7 @@ use crate::resources::{
         (name = "warehouses", description = "Where stock is kept"),
         (name = "inventory", description = "Stock levels and the stock ledger"),
         (name = "orders", description = "Orders and their lifecycle"),
+        (name = "shipments", description = "Parcels of confirmed orders, their labels and tracking"),
         (name = "dead-letters", description = "Messages a consumer gave up on; inspect and replay"),
         (name = "api-keys", description = "The tenant's API keys"),
         (name = "users", description = "The tenant's users and their roles"),

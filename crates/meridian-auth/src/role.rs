@@ -89,6 +89,10 @@ pub enum Permission {
     InventoryWrite,
     OrdersRead,
     OrdersWrite,
+    /// Shipments and their labels (the fulfillment service).
+    ShipmentsRead,
+    /// Tracking updates of shipments.
+    ShipmentsWrite,
     DeadLettersRead,
     DeadLettersReplay,
     ApiKeysRead,
@@ -106,13 +110,15 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 18] = [
         Permission::CatalogRead,
         Permission::CatalogWrite,
         Permission::InventoryRead,
         Permission::InventoryWrite,
         Permission::OrdersRead,
         Permission::OrdersWrite,
+        Permission::ShipmentsRead,
+        Permission::ShipmentsWrite,
         Permission::DeadLettersRead,
         Permission::DeadLettersReplay,
         Permission::ApiKeysRead,
@@ -134,6 +140,8 @@ impl Permission {
             Permission::InventoryWrite => "inventory:write",
             Permission::OrdersRead => "orders:read",
             Permission::OrdersWrite => "orders:write",
+            Permission::ShipmentsRead => "shipments:read",
+            Permission::ShipmentsWrite => "shipments:write",
             Permission::DeadLettersRead => "dead_letters:read",
             Permission::DeadLettersReplay => "dead_letters:replay",
             Permission::ApiKeysRead => "api_keys:read",
@@ -161,10 +169,9 @@ impl Permission {
 pub fn permits(role: Role, permission: Permission) -> bool {
     use Permission::*;
     let least = match permission {
-        CatalogRead | InventoryRead | OrdersRead => Role::Viewer,
-        CatalogWrite | InventoryWrite | OrdersWrite | DeadLettersRead | NotificationsRead => {
-            Role::Member
-        }
+        CatalogRead | InventoryRead | OrdersRead | ShipmentsRead => Role::Viewer,
+        CatalogWrite | InventoryWrite | OrdersWrite | ShipmentsWrite | DeadLettersRead
+        | NotificationsRead => Role::Member,
         DeadLettersReplay | ApiKeysRead | ApiKeysManage | UsersRead | UsersManage
         | NotificationsManage => Role::Admin,
         TenantsManage | SigningKeysRotate => Role::PlatformAdmin,
@@ -263,6 +270,8 @@ mod tests {
         (InventoryWrite, [false, true, true, true, true]),
         (OrdersRead, [true, true, true, true, true]),
         (OrdersWrite, [false, true, true, true, true]),
+        (ShipmentsRead, [true, true, true, true, true]),
+        (ShipmentsWrite, [false, true, true, true, true]),
         (DeadLettersRead, [false, true, true, true, true]),
         (DeadLettersReplay, [false, false, true, true, true]),
         (ApiKeysRead, [false, false, true, true, true]),

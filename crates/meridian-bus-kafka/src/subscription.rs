@@ -19,7 +19,7 @@ use meridian_core::valid_segment;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList, TopicPartitionListElem};
 use rdkafka::{ClientContext, Timestamp};
 
 use crate::Inner;
@@ -175,7 +175,7 @@ impl Ctx {
             Ok(committed) => {
                 let mut wanted = TopicPartitionList::new();
                 let mut first = TopicPartitionList::new();
-                for e in committed.elements() {
+                for e in elements(&committed) {
                     let tp = (e.topic().to_owned(), e.partition());
                     let offset = match e.offset() {
                         Offset::Offset(o) if o >= 0 => Offset::Offset(o),
@@ -204,7 +204,7 @@ impl Ctx {
         }
         {
             let mut st = self.shared.state.lock();
-            for e in tpl.elements() {
+            for e in elements(tpl) {
                 st.next_epoch += 1;
                 let part = Part {
                     epoch: st.next_epoch,
@@ -226,8 +226,7 @@ impl Ctx {
     /// Commits what the partitions settled and forgets them; their buffered messages go
     /// (the next owner reads them from the committed offset).
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let revoked: Vec<Tp> = tpl
-            .elements()
+        let revoked: Vec<Tp> = elements(tpl)
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
@@ -324,7 +323,7 @@ impl Shared {
             }
         };
         let mut lag = 0u64;
-        for e in committed.elements() {
+        for e in elements(&committed) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 tracing::debug!("kafka: consumer lag query timed out");
@@ -659,6 +658,18 @@ fn poll_once(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
     }
 }
 
+/// The elements of a partition list. rdkafka 0.36's `elements` makes a slice of
+/// librdkafka's element pointer, which is null in an empty list (an assignment of no
+/// partitions: more members than partitions, or a topic that is gone); a debug build aborts
+/// on that.
+fn elements(tpl: &TopicPartitionList) -> Vec<TopicPartitionListElem<'_>> {
+    if tpl.count() == 0 {
+        Vec::new()
+    } else {
+        tpl.elements()
+    }
+}
+
 /// Works out where partitions without a committed offset start.
 fn start_plan(inner: &Inner, topics: &[String], start: StartAt) -> Result<StartPlan, BusError> {
     let mut plan = StartPlan::default();
@@ -666,9 +677,14 @@ fn start_plan(inner: &Inner, topics: &[String], start: StartAt) -> Result<StartP
         return Ok(plan);
     }
     let timeout = inner.config.request_timeout;
+    // The probe reads the high watermark rather than the last stable offset. Meridian
+    // writes no transactions, so on its topics the two are the same; and the tansu broker
+    // on its PostgreSQL storage cannot answer the read_committed form on PostgreSQL 15 (its
+    // query uses a subquery without an alias, which only PostgreSQL 16 accepts).
     let probe: BaseConsumer = inner
         .config
         .client_config()
+        .set("isolation.level", "read_uncommitted")
         .create()
         .map_err(|e| internal("cannot create a Kafka client", e))?;
     let mut partitions: Vec<Tp> = Vec::new();
@@ -698,7 +714,7 @@ fn start_plan(inner: &Inner, topics: &[String], start: StartAt) -> Result<StartP
             .offsets_for_times(tpl, timeout)
             .map_err(|e| unavailable("cannot look up offsets by time", e))?;
         let mut out = Vec::new();
-        for e in found.elements() {
+        for e in elements(&found) {
             let tp = (e.topic().to_owned(), e.partition());
             let offset = match e.offset() {
                 Offset::Offset(o) if o >= 0 => o,

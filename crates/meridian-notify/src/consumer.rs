@@ -56,7 +56,7 @@ pub fn subscriptions(deployment: &str) -> Result<[(&'static str, TopicPattern); 
 
 /// The message's envelope: the one place this crate reads it from a bus message.
 fn envelope(message: &Message) -> &Envelope {
-    &message.envelope
+    message.envelope()
 }
 
 /// Makes the notifications of a batch of events in one store transaction and wakes the

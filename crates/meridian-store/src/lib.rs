@@ -12,6 +12,7 @@
 
 mod cursor;
 mod error;
+mod fulfillment;
 mod keys;
 pub mod notify;
 mod port;
@@ -21,6 +22,7 @@ pub mod sqlite;
 
 pub use cursor::{decode_cursor, encode_cursor};
 pub use error::StoreError;
+pub use fulfillment::FulfillmentStore;
 pub use keys::{ApiKeySecret, hash_secret, parse_api_key};
 pub use notify::NotifyStore;
 pub use port::*;

@@ -257,6 +257,9 @@ pub trait Store: crate::NotifyStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 
+    /// The shipments of the fulfillment service, in the same database.
+    fn fulfillment(&self) -> &dyn crate::FulfillmentStore;
+
     /// Succeeds when the store answers a trivial query.
     async fn ping(&self) -> Result<()>;
 

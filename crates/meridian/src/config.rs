@@ -31,6 +31,7 @@ struct FileConfig {
     rate_limits: Option<RateLimitsFile>,
     gateway: Option<GatewayFile>,
     auth: Option<crate::auth_config::AuthFile>,
+    fulfillment: Option<crate::fulfillment_config::FulfillmentFile>,
     notify: Option<crate::notify_config::NotifyFile>,
 }
 
@@ -130,6 +131,8 @@ pub struct Config {
     pub gateway: GatewaySettings,
     /// Tokens, signing keys, revocation and login throttling (`MERIDIAN_AUTH_*`).
     pub auth: crate::auth_config::AuthSettings,
+    /// The carrier of new shipments (`MERIDIAN_CARRIER_*`).
+    pub fulfillment: crate::fulfillment_config::FulfillmentSettings,
     /// Email providers and webhook delivery (`MERIDIAN_SMTP_*`, `MERIDIAN_WEBHOOK_*`).
     pub notify: crate::notify_config::NotifySettings,
 }
@@ -298,6 +301,10 @@ impl Config {
         let auth =
             crate::auth_config::AuthSettings::load(file_config.auth.unwrap_or_default(), &env)?;
         auth.validate()?;
+        let fulfillment = crate::fulfillment_config::FulfillmentSettings::load(
+            file_config.fulfillment.unwrap_or_default(),
+            &env,
+        )?;
         let notify = crate::notify_config::NotifySettings::load(
             file_config.notify.unwrap_or_default(),
             &env,
@@ -305,6 +312,7 @@ impl Config {
         Ok(Config {
             gateway,
             auth,
+            fulfillment,
             notify,
             bus_backend,
             bus_url,

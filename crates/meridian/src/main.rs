@@ -6,6 +6,7 @@ mod auth_config;
 mod bench;
 mod config;
 mod demo;
+mod fulfillment_config;
 mod notify_config;
 mod server;
 

@@ -10,6 +10,7 @@ pub mod notifications;
 pub mod ops;
 pub mod orders;
 pub mod products;
+pub mod shipments;
 pub mod templates;
 pub mod users;
 pub mod warehouses;

@@ -657,6 +657,27 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/inventory/SKU-1/ledger",
     ),
     ("POST", "/v1/orders", "/v1/orders"),
+    ("GET", "/v1/shipments", "/v1/shipments"),
+    (
+        "GET",
+        "/v1/shipments/{id}",
+        "/v1/shipments/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "GET",
+        "/v1/shipments/{id}/label",
+        "/v1/shipments/0190a0a0-0000-7000-8000-000000000000/label",
+    ),
+    (
+        "GET",
+        "/v1/shipments/{id}/label-url",
+        "/v1/shipments/0190a0a0-0000-7000-8000-000000000000/label-url",
+    ),
+    (
+        "POST",
+        "/v1/shipments/{id}/tracking",
+        "/v1/shipments/0190a0a0-0000-7000-8000-000000000000/tracking",
+    ),
     ("GET", "/v1/orders", "/v1/orders"),
     (
         "GET",

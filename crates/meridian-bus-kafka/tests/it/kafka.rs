@@ -1,5 +1,7 @@
 //! What the conformance suite cannot see: how the backend lays things out on the broker,
-//! patterns across domains, ack-wait redelivery, and an unreachable broker.
+//! patterns across domains, ack-wait redelivery, a group member without partitions, an
+//! unreachable broker, and a durable consumer resuming from its committed offsets after
+//! the broker crashed.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -174,10 +176,10 @@ async fn pattern_across_domains_joins_new_domains() {
             .await
             .expect("delivered within the discovery period")
             .expect("next");
-        got.insert(delivery.message.envelope.id);
+        got.insert(delivery.message.id());
         delivery.ack().await.expect("ack");
     }
-    assert_eq!(got, HashSet::from([oms.envelope.id, late.envelope.id]));
+    assert_eq!(got, HashSet::from([oms.id(), late.id()]));
     assert!(
         timeout(Duration::from_millis(500), sub.next())
             .await
@@ -213,7 +215,7 @@ async fn unsettled_delivery_comes_back_after_ack_wait() {
         .await
         .expect("redelivered after the ack wait")
         .expect("next");
-    assert_eq!(second.message.envelope.id, sent.envelope.id);
+    assert_eq!(second.message.id(), sent.id());
     assert_eq!(second.attempt, 2);
     first.ack().await.expect("late ack");
     second.ack().await.expect("ack");
@@ -315,7 +317,7 @@ async fn outage_is_reported_then_recovered() {
         .await
         .expect("delivered")
         .expect("next");
-    assert_eq!(delivery.message.envelope.id, sent.envelope.id);
+    assert_eq!(delivery.message.id(), sent.id());
     delivery.ack().await.expect("ack");
 }
 
@@ -364,4 +366,139 @@ async fn lag_counts_records_the_group_has_not_acknowledged() {
         N - 2
     );
     drop(held);
+}
+
+/// Publishes, retrying while a restarted broker is coming back.
+async fn publish_through_restart(bus: &KafkaBus, m: Message) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match timeout(WAIT, bus.publish(m.clone())).await {
+            Ok(Ok(())) => return,
+            Ok(Err(BusError::Unavailable(_))) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {}
+            Ok(Err(e)) => panic!("publish failed after the restart: {e}"),
+            Err(_) => panic!("publish kept timing out after the restart"),
+        }
+    }
+}
+
+/// A durable consumer's committed offsets survive a broker crash: after the broker starts
+/// again on its PostgreSQL storage, a new subscription in the same group receives exactly
+/// what the group had not acknowledged (including what was published after the crash) and
+/// nothing it had. The bus that published before the crash publishes after it too: the
+/// broker kept the idempotent producer's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_consumer_resumes_after_a_broker_crash() {
+    let broker = PrivateBroker::start_durable().await;
+    let bus = connect(&broker.url()).await;
+    let d = unique_deployment();
+    let t = topic(&d, "oms.order.created");
+    let pattern = TopicPattern::exact(&t);
+    let options = SubscribeOptions::durable("resumer");
+    let mut sub = bus
+        .subscribe(&pattern, options.clone())
+        .await
+        .expect("subscribe");
+    let mut sent = HashSet::new();
+    for n in 0..10 {
+        let m = message(&t, "k", n);
+        sent.insert(m.id());
+        bus.publish(m).await.expect("publish");
+    }
+    let mut acked = HashSet::new();
+    for _ in 0..5 {
+        let delivery = timeout(WAIT, sub.next())
+            .await
+            .expect("a delivery")
+            .expect("next");
+        acked.insert(delivery.message.id());
+        delivery.ack().await.expect("ack");
+    }
+    drop(sub);
+
+    broker.restart().await;
+    for n in 10..15 {
+        let m = message(&t, "k", n);
+        sent.insert(m.id());
+        publish_through_restart(&bus, m).await;
+    }
+    let marker = message(&t, "k", u64::MAX);
+    publish_through_restart(&bus, marker.clone()).await;
+
+    let mut sub = bus
+        .subscribe(&pattern, options)
+        .await
+        .expect("subscribe after the restart");
+    let expected: HashSet<_> = sent.difference(&acked).copied().collect();
+    let mut got = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of the {} unacknowledged messages and no marker arrived after the restart",
+            got.len(),
+            expected.len()
+        );
+        let Ok(next) = timeout(WAIT, sub.next()).await else {
+            continue;
+        };
+        let delivery = match next {
+            Ok(delivery) => delivery,
+            Err(BusError::Unavailable(_)) => continue,
+            Err(e) => panic!("next failed after the restart: {e}"),
+        };
+        let id = delivery.message.id();
+        assert!(
+            !acked.contains(&id),
+            "a message acknowledged before the crash came back: {id}"
+        );
+        delivery.ack().await.expect("ack");
+        if id == marker.id() {
+            break;
+        }
+        got.insert(id);
+    }
+    assert_eq!(
+        got, expected,
+        "every unacknowledged message, and only those, arrives before the marker"
+    );
+}
+
+/// A group member that the rebalance leaves without partitions (two members, one
+/// partition) keeps working and the message reaches the group once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_without_partitions_is_harmless() {
+    let url = shared_url();
+    let config = KafkaConfig::from_url(&format!("kafka://{url}?partitions=1")).expect("url");
+    let bus = KafkaBus::connect_with(config).await.expect("connect");
+    let d = unique_deployment();
+    let _cleanup = Cleanup {
+        url,
+        deployment: d.clone(),
+    };
+    let t = topic(&d, "oms.order.created");
+    let pattern = TopicPattern::exact(&t);
+    let mut first = bus
+        .subscribe(&pattern, SubscribeOptions::ephemeral("pair"))
+        .await
+        .expect("subscribe");
+    let mut second = bus
+        .subscribe(&pattern, SubscribeOptions::ephemeral("pair"))
+        .await
+        .expect("subscribe a second member");
+    let sent = message(&t, "k", 1);
+    bus.publish(sent.clone()).await.expect("publish");
+    let delivery = timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            d = first.next() => d,
+            d = second.next() => d,
+        }
+    })
+    .await
+    .expect("delivered to one member")
+    .expect("next");
+    assert_eq!(delivery.message.id(), sent.id());
+    delivery.ack().await.expect("ack");
 }

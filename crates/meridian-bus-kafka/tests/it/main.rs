@@ -5,9 +5,12 @@
 //!   topics and groups, and deletes its topics afterwards. An unreachable broker fails the
 //!   tests; nothing is skipped.
 //! - `restart`: the cases that restart the broker, each against a private `tansu` child
-//!   process with its own storage.
+//!   process keeping its data in a fresh PostgreSQL database of its own (at
+//!   `MERIDIAN_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`),
+//!   which the case crashes (SIGKILL) and starts again.
 //! - `kafka`: properties specific to this backend (topic layout, record key and header,
-//!   patterns across domains, `Unavailable` without a broker).
+//!   patterns across domains, `Unavailable` without a broker, a durable consumer resuming
+//!   from its committed offsets after a broker crash).
 
 mod fixture;
 mod kafka;
@@ -17,4 +20,11 @@ mod shared {
         crate::fixture::shared_test_bus().await
     }
     meridian_bus::bus_conformance!(factory);
+}
+
+mod restart {
+    async fn factory() -> meridian_bus::conformance::TestBus {
+        crate::fixture::private_test_bus().await
+    }
+    meridian_bus::bus_conformance!(@cases factory; broker_restart, durable_resume);
 }
