@@ -7,7 +7,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::resources::{
-    api_keys, auth, dead_letters, inventory, ops, orders, products, users, warehouses,
+    api_keys, auth, dead_letters, inventory, ops, orders, products, shipments, users, warehouses,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -40,6 +41,13 @@ use crate::resources::{
         orders::events,
         orders::cancel,
         orders::fulfill,
+        shipments::list,
+        shipments::get,
+        shipments::label,
+        shipments::tracking,
+        shipments::carrier_webhook,
+        shipments::label_url,
+        shipments::presigned_label,
         dead_letters::list,
         dead_letters::get,
         dead_letters::replay,
@@ -57,6 +65,21 @@ use crate::resources::{
         auth::jwks,
         auth::openid_configuration,
         auth::rotate_signing_keys,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::rotate_secret,
+        webhooks::deliveries,
+        webhooks::redeliver,
+        crate::resources::notifications::list,
+        crate::resources::templates::create,
+        crate::resources::templates::list,
+        crate::resources::templates::get,
+        crate::resources::templates::update,
+        crate::resources::templates::delete,
+        crate::resources::templates::preview,
     ),
     components(schemas(crate::problem::ProblemDetails)),
     modifiers(&BearerAuth),
@@ -66,9 +89,12 @@ use crate::resources::{
         (name = "warehouses", description = "Where stock is kept"),
         (name = "inventory", description = "Stock levels and the stock ledger"),
         (name = "orders", description = "Orders and their lifecycle"),
+        (name = "shipments", description = "Parcels of confirmed orders, their labels and tracking"),
         (name = "dead-letters", description = "Messages a consumer gave up on; inspect and replay"),
         (name = "api-keys", description = "The tenant's API keys"),
         (name = "users", description = "The tenant's users and their roles"),
+        (name = "webhooks", description = "Signed webhook endpoints, their delivery log and redelivery"),
+        (name = "templates", description = "Notification templates per event type and channel"),
         (name = "auth", description = "OAuth 2.0 token endpoint, revocation, JWKS and discovery"),
         (name = "operations", description = "Health, readiness, metrics; no authentication"),
     )

@@ -12,7 +12,9 @@
 
 mod cursor;
 mod error;
+mod fulfillment;
 mod keys;
+pub mod notify;
 mod port;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -20,7 +22,9 @@ pub mod sqlite;
 
 pub use cursor::{decode_cursor, encode_cursor};
 pub use error::StoreError;
+pub use fulfillment::FulfillmentStore;
 pub use keys::{ApiKeySecret, hash_secret, parse_api_key};
+pub use notify::NotifyStore;
 pub use port::*;
 
 use std::sync::Arc;

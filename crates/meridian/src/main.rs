@@ -6,6 +6,8 @@ mod auth_config;
 mod bench;
 mod config;
 mod demo;
+mod fulfillment_config;
+mod notify_config;
 mod server;
 mod sidecar;
 

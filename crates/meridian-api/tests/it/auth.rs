@@ -657,6 +657,27 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/inventory/SKU-1/ledger",
     ),
     ("POST", "/v1/orders", "/v1/orders"),
+    ("GET", "/v1/shipments", "/v1/shipments"),
+    (
+        "GET",
+        "/v1/shipments/{id}",
+        "/v1/shipments/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "GET",
+        "/v1/shipments/{id}/label",
+        "/v1/shipments/0190a0a0-0000-7000-8000-000000000000/label",
+    ),
+    (
+        "GET",
+        "/v1/shipments/{id}/label-url",
+        "/v1/shipments/0190a0a0-0000-7000-8000-000000000000/label-url",
+    ),
+    (
+        "POST",
+        "/v1/shipments/{id}/tracking",
+        "/v1/shipments/0190a0a0-0000-7000-8000-000000000000/tracking",
+    ),
     ("GET", "/v1/orders", "/v1/orders"),
     (
         "GET",
@@ -722,6 +743,57 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "POST",
         "/v1/auth/signing-keys/rotate",
         "/v1/auth/signing-keys/rotate",
+    ),
+    ("GET", "/v1/webhooks", "/v1/webhooks"),
+    ("GET", "/v1/notifications", "/v1/notifications"),
+    ("GET", "/v1/templates", "/v1/templates"),
+    ("POST", "/v1/templates", "/v1/templates"),
+    ("POST", "/v1/templates/preview", "/v1/templates/preview"),
+    (
+        "GET",
+        "/v1/templates/{id}",
+        "/v1/templates/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "PATCH",
+        "/v1/templates/{id}",
+        "/v1/templates/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "DELETE",
+        "/v1/templates/{id}",
+        "/v1/templates/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    ("POST", "/v1/webhooks", "/v1/webhooks"),
+    (
+        "GET",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "PATCH",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "DELETE",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{id}/rotate-secret",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000/rotate-secret",
+    ),
+    (
+        "GET",
+        "/v1/webhooks/{id}/deliveries",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000/deliveries",
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+        "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000/deliveries/0190a0a0-0000-7000-8000-000000000000/redeliver",
     ),
 ];
 

@@ -11,5 +11,7 @@ mod ops;
 mod orders;
 mod products;
 mod support;
+mod templates;
 mod tenancy;
 mod warehouses;
+mod webhooks;

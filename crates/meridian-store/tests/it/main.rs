@@ -2,6 +2,8 @@
 //! ([`conformance`]) run against every backend, plus each backend's own tests.
 
 mod conformance;
+mod fulfillment;
+mod notify;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;

@@ -142,6 +142,8 @@ pub async fn postgres_store() -> TestStore {
 use crate::conformance::stocked;
 
 crate::conformance::conformance_suite!(postgres_store);
+crate::fulfillment::fulfillment_suite!(postgres_store);
+crate::notify::notify_suite!(postgres_store);
 
 // --- PostgreSQL only ---
 
@@ -195,7 +197,7 @@ async fn concurrent_opens_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 4], "each migration applied exactly once");
+    assert_eq!(versions, [1, 2, 4, 5, 6], "each migration applied exactly once");
 
     // Every instance sees the same data.
     let t = stores[0].create_tenant("shared").await.unwrap();
