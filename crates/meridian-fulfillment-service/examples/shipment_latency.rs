@@ -25,8 +25,8 @@ use meridian_fulfillment_service::{Fulfillment, LocalLabelStore};
 use meridian_inventory::NewWarehouse;
 use meridian_orders::{AllocationStrategy, OrderLineRequest, OrderRequest, PlaceOrder};
 use meridian_relay::{Relay, RelayConfig, StoreDeadLetterSink};
-use meridian_store::sqlite::SqliteConfig;
 use meridian_store::StoreConfig;
+use meridian_store::sqlite::SqliteConfig;
 use tokio::sync::watch;
 
 const DEPLOYMENT: &str = "shipbench";

@@ -197,7 +197,11 @@ async fn concurrent_opens_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 4, 5, 6], "each migration applied exactly once");
+    assert_eq!(
+        versions,
+        [1, 2, 4, 5, 6],
+        "each migration applied exactly once"
+    );
 
     // Every instance sees the same data.
     let t = stores[0].create_tenant("shared").await.unwrap();

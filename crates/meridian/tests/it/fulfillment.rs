@@ -361,9 +361,16 @@ async fn http_carrier_labels_and_signed_tracking_webhooks() {
     assert!(url.starts_with(&format!("/v1/labels/{id}?")), "{link}");
     let r = reqwest::get(format!("{}{url}", server.base)).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert!(r.bytes().await.unwrap().starts_with(b"%PDF-1.4\n% carrier label"));
+    assert!(
+        r.bytes()
+            .await
+            .unwrap()
+            .starts_with(b"%PDF-1.4\n% carrier label")
+    );
     let tampered = url.replace("expires=", "expires=9");
-    let r = reqwest::get(format!("{}{tampered}", server.base)).await.unwrap();
+    let r = reqwest::get(format!("{}{tampered}", server.base))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     let (status, _) = api
         .send(
