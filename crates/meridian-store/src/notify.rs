@@ -256,6 +256,37 @@ pub struct DeliveryAttempt {
     pub succeeded: bool,
 }
 
+/// The columns of `webhook_endpoints`, in the order both backends' row mappings read them.
+pub(crate) const WEBHOOK_COLUMNS: &str = "id, tenant_id, url, description, event_types, \
+     enabled, secret, previous_secret, previous_secret_expires_at, disabled_reason, \
+     created_at, updated_at";
+
+/// The columns of `notifications`, in the order both backends' row mappings read them.
+pub(crate) const NOTIFICATION_COLUMNS: &str = "id, tenant_id, event_id, event_type, channel, \
+     recipient, webhook_id, payload, status, attempts, next_attempt_at, last_error, \
+     created_at, updated_at";
+
+/// The columns of `notification_templates`, in the order both backends' row mappings read
+/// them.
+pub(crate) const TEMPLATE_COLUMNS: &str =
+    "id, tenant_id, event_type, channel, subject, body, created_at, updated_at";
+
+/// The error for an attempt that does not follow the recorded count (a stale worker's).
+pub(crate) fn stale_attempt(a: &DeliveryAttempt) -> crate::StoreError {
+    crate::StoreError::already_exists(
+        "delivery attempt",
+        format!("{} #{}", a.notification_id, a.attempt),
+    )
+}
+
+/// The error for a second template for the same event type and channel.
+pub(crate) fn duplicate_template(new: &NewTemplate) -> crate::StoreError {
+    crate::StoreError::already_exists(
+        "template",
+        format!("{} {}", new.event_type, new.channel.as_str()),
+    )
+}
+
 /// The event that tells a tenant its endpoint was disabled.
 pub(crate) fn webhook_disabled_event(
     events: &meridian_core::EventSource,
@@ -281,6 +312,17 @@ pub enum AfterAttempt {
     Retry(Timestamp),
     /// Give up.
     Failed,
+}
+
+impl AfterAttempt {
+    /// The notification's status, and its next attempt's time, after this outcome.
+    pub(crate) fn outcome(&self) -> (NotificationStatus, Option<Timestamp>) {
+        match self {
+            AfterAttempt::Succeeded => (NotificationStatus::Succeeded, None),
+            AfterAttempt::Retry(at) => (NotificationStatus::Pending, Some(*at)),
+            AfterAttempt::Failed => (NotificationStatus::Failed, None),
+        }
+    }
 }
 
 #[async_trait]

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use meridian_core::{ErrorCode, EventId, ValidationErrors};
+use meridian_core::{ErrorCode, EventId};
 use meridian_relay::ReplayError;
 use meridian_store::DeadLetterRecord;
 use serde::Serialize;
@@ -91,10 +91,7 @@ pub async fn list(
     State(state): State<AppState>,
     query: QueryParams,
 ) -> Result<Json<DeadLetterList>, Problem> {
-    let mut errors = ValidationErrors::new();
-    query.check_names(&["limit", "cursor"], &mut errors);
-    let page = query.page(&mut errors);
-    errors.into_result()?;
+    let page = super::paging_only(&query)?;
     let page = state
         .store
         .list_dead_letters(Some(ctx.tenant_id), page)

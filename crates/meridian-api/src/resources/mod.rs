@@ -90,3 +90,15 @@ pub fn check_label(field: &str, s: &str, max: usize, errors: &mut ValidationErro
         }
     }
 }
+
+/// The paging of a listing that takes nothing but `limit` and `cursor`; 422 for any other
+/// parameter or a bad value.
+pub fn paging_only(
+    query: &crate::extract::QueryParams,
+) -> Result<meridian_store::PageRequest, crate::problem::Problem> {
+    let mut errors = ValidationErrors::new();
+    query.check_names(&["limit", "cursor"], &mut errors);
+    let page = query.page(&mut errors);
+    errors.into_result()?;
+    Ok(page)
+}

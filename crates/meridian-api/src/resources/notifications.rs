@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use meridian_core::ValidationErrors;
 use meridian_store::notify::Notification;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -79,10 +78,7 @@ pub async fn list(
     State(state): State<AppState>,
     query: QueryParams,
 ) -> Result<Json<NotificationList>, Problem> {
-    let mut errors = ValidationErrors::new();
-    query.check_names(&["limit", "cursor"], &mut errors);
-    let page = query.page(&mut errors);
-    errors.into_result()?;
+    let page = super::paging_only(&query)?;
     let page = state
         .store
         .list_notifications(ctx.tenant_id, None, page)

@@ -328,10 +328,7 @@ pub async fn list(
     State(state): State<AppState>,
     query: QueryParams,
 ) -> Result<Json<WebhookList>, Problem> {
-    let mut errors = ValidationErrors::new();
-    query.check_names(&["limit", "cursor"], &mut errors);
-    let page = query.page(&mut errors);
-    errors.into_result()?;
+    let page = super::paging_only(&query)?;
     let page = state.store.list_webhooks(ctx.tenant_id, page).await?;
     Ok(Json(WebhookList {
         items: page
@@ -463,10 +460,7 @@ pub async fn deliveries(
     query: QueryParams,
 ) -> Result<Json<DeliveryList>, Problem> {
     let id = webhook_id(&id)?;
-    let mut errors = ValidationErrors::new();
-    query.check_names(&["limit", "cursor"], &mut errors);
-    let page = query.page(&mut errors);
-    errors.into_result()?;
+    let page = super::paging_only(&query)?;
     // Another tenant's (or no) endpoint is 404, not an empty log.
     state.store.get_webhook(ctx.tenant_id, id).await?;
     let page = state

@@ -21,6 +21,31 @@ async fn create(app: &TestApp) -> serde_json::Value {
     r.json()
 }
 
+/// Queues a notification of `event_type` for the test tenant's endpoint `webhook`, due now.
+async fn enqueue(
+    app: &TestApp,
+    webhook: WebhookId,
+    event_type: &str,
+    payload: &str,
+) -> NotificationId {
+    let id = NotificationId::new();
+    app.store
+        .enqueue_notifications(&[NewNotification {
+            id,
+            tenant_id: app.tenant,
+            event_id: EventId::new(),
+            event_type: event_type.into(),
+            channel: Channel::Webhook,
+            recipient: webhook.to_string(),
+            webhook_id: Some(webhook),
+            payload: payload.into(),
+            next_attempt_at: meridian_core::now(),
+        }])
+        .await
+        .unwrap();
+    id
+}
+
 #[tokio::test]
 async fn the_secret_is_shown_once_and_endpoints_are_crud() {
     let app = TestApp::new().await;
@@ -143,21 +168,13 @@ async fn the_delivery_log_shows_every_attempt_and_redelivery_requeues() {
     let app = TestApp::new().await;
     let created = create(&app).await;
     let webhook: WebhookId = created["id"].as_str().unwrap().parse().unwrap();
-    let id = NotificationId::new();
-    app.store
-        .enqueue_notifications(&[NewNotification {
-            id,
-            tenant_id: app.tenant,
-            event_id: EventId::new(),
-            event_type: "order.created".into(),
-            channel: Channel::Webhook,
-            recipient: webhook.to_string(),
-            webhook_id: Some(webhook),
-            payload: r#"{"type":"order.created","data":{}}"#.into(),
-            next_attempt_at: meridian_core::now(),
-        }])
-        .await
-        .unwrap();
+    let id = enqueue(
+        &app,
+        webhook,
+        "order.created",
+        r#"{"type":"order.created","data":{}}"#,
+    )
+    .await;
     app.store
         .record_attempt(
             &DeliveryAttempt {
@@ -221,21 +238,7 @@ async fn the_notification_log_lists_the_tenants_notifications_only() {
     let app = TestApp::new().await;
     let created = create(&app).await;
     let webhook: WebhookId = created["id"].as_str().unwrap().parse().unwrap();
-    let id = NotificationId::new();
-    app.store
-        .enqueue_notifications(&[NewNotification {
-            id,
-            tenant_id: app.tenant,
-            event_id: EventId::new(),
-            event_type: "order.canceled".into(),
-            channel: Channel::Webhook,
-            recipient: webhook.to_string(),
-            webhook_id: Some(webhook),
-            payload: "{}".into(),
-            next_attempt_at: meridian_core::now(),
-        }])
-        .await
-        .unwrap();
+    let id = enqueue(&app, webhook, "order.canceled", "{}").await;
     let log = app.get("/v1/notifications").await;
     log.assert_status(StatusCode::OK);
     let log = log.json();

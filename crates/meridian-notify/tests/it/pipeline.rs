@@ -3,21 +3,89 @@
 
 use meridian_bus::Message;
 use meridian_core::{Envelope, Topic};
-use meridian_store::PageRequest;
-use meridian_store::notify::NotificationStatus;
+use meridian_notify::WorkerConfig;
+use meridian_store::notify::{Channel, NewTemplate, Notification, NotificationStatus, WebhookId};
+use meridian_store::{Page, PageRequest};
 
-use crate::support::{Receiver, Stack};
+use crate::support::{Receiver, Stack, fast_retries};
 
-fn all() -> PageRequest {
-    PageRequest {
+/// The notifications of the test's tenant (of one endpoint, or all), newest first.
+async fn notifications(stack: &Stack, endpoint: Option<WebhookId>) -> Page<Notification> {
+    let all = PageRequest {
         limit: 100,
         cursor: None,
-    }
+    };
+    stack
+        .store
+        .list_notifications(stack.tenant, endpoint, all)
+        .await
+        .unwrap()
 }
+
+/// Publishes `event` on `topic` straight to the bus, as a producer would.
+async fn publish(stack: &Stack, topic: Topic, event: Envelope) {
+    stack.bus.publish(Message::new(topic, event)).await.unwrap();
+}
+
+/// Gives the test's tenant a template for `order.created` on `channel`.
+async fn order_created_template(
+    stack: &Stack,
+    channel: Channel,
+    subject: Option<&str>,
+    body: &str,
+) {
+    stack
+        .store
+        .create_template(
+            stack.tenant,
+            NewTemplate {
+                event_type: "order.created".into(),
+                channel,
+                subject: subject.map(Into::into),
+                body: body.into(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Declares every scenario as a test of the calling backend module, which provides
+/// `async fn stack_with(WorkerConfig) -> (Stack, Guard)`; the guard (a temporary
+/// directory, a schema) lives until the scenario ends.
+macro_rules! scenarios {
+    () => {
+        $crate::pipeline::scenarios!(
+            order_placed_arrives_signed,
+            a_500_then_200_is_retried_and_arrives_once,
+            a_duplicated_event_gives_one_delivery,
+            email_fails_over_to_the_secondary_provider,
+            sms_goes_through_the_http_provider,
+            a_failing_endpoint_is_disabled_and_the_tenant_told,
+            a_tenant_over_its_rate_waits_without_spending_attempts,
+        );
+    };
+    ($($scenario:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let mut guard = None;
+                $crate::pipeline::$scenario(async |config| {
+                    let (stack, kept) = stack_with(config).await;
+                    guard = Some(kept);
+                    stack
+                })
+                .await;
+                drop(guard);
+            }
+        )+
+    };
+}
+pub(crate) use scenarios;
 
 /// An order is placed: its `order.created` webhook arrives once, signed with the
 /// endpoint's secret, carrying the order; the delivery log shows one successful attempt.
-pub async fn order_placed_arrives_signed(stack: Stack) {
+pub async fn order_placed_arrives_signed(start: impl AsyncFnOnce(WorkerConfig) -> Stack) {
+    let stack = start(fast_retries()).await;
     let receiver = Receiver::start(&[]).await;
     let endpoint = stack.endpoint(&receiver, &["order.*"]).await;
     let order = stack.place_order().await;
@@ -31,11 +99,7 @@ pub async fn order_placed_arrives_signed(stack: Stack) {
     assert_eq!(hook.body["type"], "order.created");
     assert_eq!(hook.body["data"]["id"], order.id.to_string());
 
-    let log = stack
-        .store
-        .list_notifications(stack.tenant, Some(endpoint.id), all())
-        .await
-        .unwrap();
+    let log = notifications(&stack, Some(endpoint.id)).await;
     assert_eq!(log.items.len(), 1);
     let delivery = &log.items[0];
     assert_eq!(delivery.id.to_string(), hook.webhook_id);
@@ -48,7 +112,10 @@ pub async fn order_placed_arrives_signed(stack: Stack) {
 
 /// The endpoint answers 500, then 200: the delivery is retried and accepted exactly once,
 /// with the same `webhook-id` both times, and the log shows both attempts.
-pub async fn a_500_then_200_is_retried_and_arrives_once(stack: Stack) {
+pub async fn a_500_then_200_is_retried_and_arrives_once(
+    start: impl AsyncFnOnce(WorkerConfig) -> Stack,
+) {
+    let stack = start(fast_retries()).await;
     let receiver = Receiver::start(&[500]).await;
     let endpoint = stack.endpoint(&receiver, &["order.created"]).await;
     stack.place_order().await;
@@ -64,11 +131,7 @@ pub async fn a_500_then_200_is_retried_and_arrives_once(stack: Stack) {
     assert_eq!(got[0].webhook_id, got[1].webhook_id);
     assert!(got.iter().all(|h| h.signature_valid));
 
-    let log = stack
-        .store
-        .list_notifications(stack.tenant, Some(endpoint.id), all())
-        .await
-        .unwrap();
+    let log = notifications(&stack, Some(endpoint.id)).await;
     assert_eq!(log.items.len(), 1);
     let attempts = until_recorded(&stack, log.items[0].id, 2).await;
     assert_eq!(
@@ -95,7 +158,8 @@ pub async fn a_500_then_200_is_retried_and_arrives_once(stack: Stack) {
 /// The same event arrives three times (twice on its topic, once more through the other
 /// consumer's topic, which a broker's own duplicate window cannot catch): one delivery.
 /// A later event on each topic proves both consumers got past the copies.
-pub async fn a_duplicated_event_gives_one_delivery(stack: Stack) {
+pub async fn a_duplicated_event_gives_one_delivery(start: impl AsyncFnOnce(WorkerConfig) -> Stack) {
+    let stack = start(fast_retries()).await;
     let receiver = Receiver::start(&[]).await;
     let endpoint = stack.endpoint(&receiver, &["*"]).await;
     let event = |ty: &str| {
@@ -112,27 +176,17 @@ pub async fn a_duplicated_event_gives_one_delivery(stack: Stack) {
     let shipments = Topic::platform(&stack.deployment, "fulfillment", "shipment.created");
     let duplicated = event("meridian.oms.order.created");
     for topic in [&orders, &orders, &shipments] {
-        stack
-            .bus
-            .publish(Message::new(topic.clone(), duplicated.clone()))
-            .await
-            .unwrap();
+        publish(&stack, topic.clone(), duplicated.clone()).await;
     }
     let marker_orders = event("meridian.oms.order.confirmed");
     let marker_shipments = event("meridian.fulfillment.shipment.created");
-    stack
-        .bus
-        .publish(Message::new(
-            Topic::platform(&stack.deployment, "oms", "order.confirmed"),
-            marker_orders.clone(),
-        ))
-        .await
-        .unwrap();
-    stack
-        .bus
-        .publish(Message::new(shipments.clone(), marker_shipments.clone()))
-        .await
-        .unwrap();
+    publish(
+        &stack,
+        Topic::platform(&stack.deployment, "oms", "order.confirmed"),
+        marker_orders.clone(),
+    )
+    .await;
+    publish(&stack, shipments.clone(), marker_shipments.clone()).await;
 
     let event_id =
         |h: &crate::support::Received| h.body["event_id"].as_str().unwrap_or("").to_owned();
@@ -152,11 +206,7 @@ pub async fn a_duplicated_event_gives_one_delivery(stack: Stack) {
         .filter(|h| event_id(h) == duplicated.id.to_string())
         .count();
     assert_eq!(copies, 1, "{got:#?}");
-    let log = stack
-        .store
-        .list_notifications(stack.tenant, Some(endpoint.id), all())
-        .await
-        .unwrap();
+    let log = notifications(&stack, Some(endpoint.id)).await;
     assert_eq!(
         log.items
             .iter()
@@ -197,10 +247,10 @@ async fn until_recorded(
 /// down (its port closed): the secondary takes over, and the SMTP sink receives the
 /// rendered email, once, at the customer's address.
 pub async fn email_fails_over_to_the_secondary_provider(
-    start: impl AsyncFnOnce(meridian_notify::WorkerConfig) -> Stack,
+    start: impl AsyncFnOnce(WorkerConfig) -> Stack,
 ) {
     let sink = crate::support::SmtpSink::start().await;
-    let mut config = crate::support::fast_retries();
+    let mut config = fast_retries();
     config.email = Some(meridian_notify::email::EmailConfig {
         providers: vec![
             meridian_notify::email::SmtpProvider {
@@ -215,19 +265,13 @@ pub async fn email_fails_over_to_the_secondary_provider(
         timeout: std::time::Duration::from_secs(5),
     });
     let stack = start(config).await;
-    stack
-        .store
-        .create_template(
-            stack.tenant,
-            meridian_store::notify::NewTemplate {
-                event_type: "order.created".into(),
-                channel: meridian_store::notify::Channel::Email,
-                subject: Some("Order {{ data.id }} received".into()),
-                body: "Thank you, {{ data.customer.name }}.\n.A line starting with a dot.".into(),
-            },
-        )
-        .await
-        .unwrap();
+    order_created_template(
+        &stack,
+        Channel::Email,
+        Some("Order {{ data.id }} received"),
+        "Thank you, {{ data.customer.name }}.\n.A line starting with a dot.",
+    )
+    .await;
     let order = stack
         .place_order_for(Some(meridian_orders::Customer {
             email: "Ada@Example.com".into(),
@@ -250,15 +294,11 @@ pub async fn email_fails_over_to_the_secondary_provider(
         mail.data
     );
 
-    let log = stack
-        .store
-        .list_notifications(stack.tenant, None, all())
-        .await
-        .unwrap();
+    let log = notifications(&stack, None).await;
     let email: Vec<_> = log
         .items
         .iter()
-        .filter(|n| n.channel == meridian_store::notify::Channel::Email)
+        .filter(|n| n.channel == Channel::Email)
         .collect();
     assert_eq!(email.len(), 1);
     let attempts = until_recorded(&stack, email[0].id, 1).await;
@@ -270,30 +310,22 @@ pub async fn email_fails_over_to_the_secondary_provider(
 /// The tenant has an SMS template; the HTTP SMS provider (a real server the test starts)
 /// answers 503, then 200: the message is retried and arrives once, rendered, with the
 /// provider's token.
-pub async fn sms_goes_through_the_http_provider(
-    start: impl AsyncFnOnce(meridian_notify::WorkerConfig) -> Stack,
-) {
+pub async fn sms_goes_through_the_http_provider(start: impl AsyncFnOnce(WorkerConfig) -> Stack) {
     let provider = Receiver::start(&[503]).await;
-    let mut config = crate::support::fast_retries();
+    let mut config = fast_retries();
     config.sms = Some(meridian_notify::sms::SmsConfig {
         url: provider.url.clone(),
         token: Some("sms-token".into()),
         from: "Meridian".into(),
     });
     let stack = start(config).await;
-    stack
-        .store
-        .create_template(
-            stack.tenant,
-            meridian_store::notify::NewTemplate {
-                event_type: "order.created".into(),
-                channel: meridian_store::notify::Channel::Sms,
-                subject: None,
-                body: "Order {{ data.id }} is in, {{ data.customer.name }}.".into(),
-            },
-        )
-        .await
-        .unwrap();
+    order_created_template(
+        &stack,
+        Channel::Sms,
+        None,
+        "Order {{ data.id }} is in, {{ data.customer.name }}.",
+    )
+    .await;
     // Orders carry no phone number yet: the event comes straight to the bus, as a
     // producer that has one would send it.
     let event = Envelope::new(
@@ -304,14 +336,12 @@ pub async fn sms_goes_through_the_http_provider(
         meridian_core::now(),
         serde_json::json!({"id": "o-1", "customer": {"name": "Ada", "email": "ada@example.com", "phone": "+49 30 1234567"}}),
     );
-    stack
-        .bus
-        .publish(Message::new(
-            Topic::platform(&stack.deployment, "oms", "order.created"),
-            event,
-        ))
-        .await
-        .unwrap();
+    publish(
+        &stack,
+        Topic::platform(&stack.deployment, "oms", "order.created"),
+        event,
+    )
+    .await;
     let got = provider
         .until("the SMS", |r| r.iter().any(|h| h.status == 200))
         .await;
@@ -330,11 +360,11 @@ pub async fn sms_goes_through_the_http_provider(
 /// An endpoint whose deliveries keep failing is disabled, and the tenant is told: its other
 /// endpoint, subscribed to `webhook.*`, receives `webhook.disabled` naming it.
 pub async fn a_failing_endpoint_is_disabled_and_the_tenant_told(
-    start: impl AsyncFnOnce(meridian_notify::WorkerConfig) -> Stack,
+    start: impl AsyncFnOnce(WorkerConfig) -> Stack,
 ) {
     let failing = Receiver::start(&[400]).await;
     let watcher = Receiver::start(&[]).await;
-    let mut config = crate::support::fast_retries();
+    let mut config = fast_retries();
     config.disable_after = 1;
     let stack = start(config).await;
     let bad = stack.endpoint(&failing, &["order.*"]).await;
@@ -355,10 +385,10 @@ pub async fn a_failing_endpoint_is_disabled_and_the_tenant_told(
 /// A tenant over its send rate: its deliveries wait for their turn instead of failing, and
 /// none spends an attempt on waiting.
 pub async fn a_tenant_over_its_rate_waits_without_spending_attempts(
-    start: impl AsyncFnOnce(meridian_notify::WorkerConfig) -> Stack,
+    start: impl AsyncFnOnce(WorkerConfig) -> Stack,
 ) {
     let receiver = Receiver::start(&[]).await;
-    let mut config = crate::support::fast_retries();
+    let mut config = fast_retries();
     config.tenant_rate_per_second = 4;
     config.tenant_burst = 1;
     let stack = start(config).await;
@@ -369,11 +399,7 @@ pub async fn a_tenant_over_its_rate_waits_without_spending_attempts(
     let got = receiver.until("4 deliveries", |r| r.len() >= 4).await;
     assert_eq!(got.len(), 4);
     assert!(got.iter().all(|h| h.status == 200 && h.signature_valid));
-    let log = stack
-        .store
-        .list_notifications(stack.tenant, Some(endpoint.id), all())
-        .await
-        .unwrap();
+    let log = notifications(&stack, Some(endpoint.id)).await;
     assert_eq!(log.items.len(), 4);
     for n in &log.items {
         let attempts = until_recorded(&stack, n.id, 1).await;

@@ -9,7 +9,6 @@ use meridian_core::EventSource;
 use meridian_store::StoreConfig;
 use meridian_store::postgres::PgConfig;
 
-use crate::pipeline;
 use crate::support::Stack;
 
 fn database_url() -> String {
@@ -49,10 +48,6 @@ impl Drop for Schema {
     }
 }
 
-async fn stack() -> (Stack, Schema) {
-    stack_with(crate::support::fast_retries()).await
-}
-
 async fn stack_with(config: meridian_notify::WorkerConfig) -> (Stack, Schema) {
     let unique = uuid::Uuid::now_v7().simple().to_string();
     let schema = Schema(format!("nt_{unique}"));
@@ -79,68 +74,4 @@ async fn stack_with(config: meridian_notify::WorkerConfig) -> (Stack, Schema) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn order_placed_arrives_signed() {
-    let (stack, _schema) = stack().await;
-    pipeline::order_placed_arrives_signed(stack).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_500_then_200_is_retried_and_arrives_once() {
-    let (stack, _schema) = stack().await;
-    pipeline::a_500_then_200_is_retried_and_arrives_once(stack).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicated_event_gives_one_delivery() {
-    let (stack, _schema) = stack().await;
-    pipeline::a_duplicated_event_gives_one_delivery(stack).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn email_fails_over_to_the_secondary_provider() {
-    let mut guard = None;
-    pipeline::email_fails_over_to_the_secondary_provider(async |config| {
-        let (stack, schema) = stack_with(config).await;
-        guard = Some(schema);
-        stack
-    })
-    .await;
-    drop(guard);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sms_goes_through_the_http_provider() {
-    let mut guard = None;
-    pipeline::sms_goes_through_the_http_provider(async |config| {
-        let (stack, schema) = stack_with(config).await;
-        guard = Some(schema);
-        stack
-    })
-    .await;
-    drop(guard);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_endpoint_is_disabled_and_the_tenant_told() {
-    let mut guard = None;
-    pipeline::a_failing_endpoint_is_disabled_and_the_tenant_told(async |config| {
-        let (stack, schema) = stack_with(config).await;
-        guard = Some(schema);
-        stack
-    })
-    .await;
-    drop(guard);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_over_its_rate_waits_without_spending_attempts() {
-    let mut guard = None;
-    pipeline::a_tenant_over_its_rate_waits_without_spending_attempts(async |config| {
-        let (stack, schema) = stack_with(config).await;
-        guard = Some(schema);
-        stack
-    })
-    .await;
-    drop(guard);
-}
+crate::pipeline::scenarios!();

@@ -10,17 +10,12 @@ use uuid::Uuid;
 
 use super::{PgStore, bad_cursor, error, into_page, page_limit, rows};
 use crate::notify::{
-    AfterAttempt, Channel, DeliveryAttempt, NewNotification, NewTemplate, NewWebhookEndpoint,
-    Notification, NotificationId, NotificationStatus, NotifyStore, Template, TemplateId,
-    TemplatePatch, WebhookEndpoint, WebhookId, WebhookPatch,
+    AfterAttempt, Channel, DeliveryAttempt, NOTIFICATION_COLUMNS, NewNotification, NewTemplate,
+    NewWebhookEndpoint, Notification, NotificationId, NotificationStatus, NotifyStore,
+    TEMPLATE_COLUMNS, Template, TemplateId, TemplatePatch, WEBHOOK_COLUMNS, WebhookEndpoint,
+    WebhookId, WebhookPatch, duplicate_template, stale_attempt,
 };
 use crate::{Page, PageRequest, Result, StoreError, decode_cursor};
-
-const WEBHOOK_COLUMNS: &str = "id, tenant_id, url, description, event_types, enabled, secret, \
-     previous_secret, previous_secret_expires_at, disabled_reason, created_at, updated_at";
-
-const NOTIFICATION_COLUMNS: &str = "id, tenant_id, event_id, event_type, channel, recipient, \
-     webhook_id, payload, status, attempts, next_attempt_at, last_error, created_at, updated_at";
 
 fn corrupt(column: &str) -> StoreError {
     tracing::error!(column, "postgres notification row does not decode");
@@ -117,9 +112,6 @@ async fn one_notification(
 fn cursor_uuid(cursor: &str) -> Result<Uuid> {
     Uuid::parse_str(&decode_cursor(cursor)?).map_err(|_| bad_cursor())
 }
-
-const TEMPLATE_COLUMNS: &str =
-    "id, tenant_id, event_type, channel, subject, body, created_at, updated_at";
 
 fn template(row: &Row) -> Result<Template> {
     let channel: &str = rows::get(row, "channel")?;
@@ -409,11 +401,7 @@ impl NotifyStore for PgStore {
     }
 
     async fn record_attempt(&self, a: &DeliveryAttempt, after: AfterAttempt) -> Result<()> {
-        let (status, next) = match after {
-            AfterAttempt::Succeeded => (NotificationStatus::Succeeded, None),
-            AfterAttempt::Retry(at) => (NotificationStatus::Pending, Some(at)),
-            AfterAttempt::Failed => (NotificationStatus::Failed, None),
-        };
+        let (status, next) = after.outcome();
         let n = i32::try_from(a.attempt).unwrap_or(i32::MAX);
         let status_code: Option<i32> = a.status_code.map(i32::from);
         let duration = i32::try_from(a.duration_ms).unwrap_or(i32::MAX);
@@ -436,10 +424,7 @@ impl NotifyStore for PgStore {
             .await
             .map_err(error::db)?;
         if updated == 0 {
-            return Err(StoreError::already_exists(
-                "delivery attempt",
-                format!("{} #{}", a.notification_id, a.attempt),
-            ));
+            return Err(stale_attempt(a));
         }
         tx.execute(
             "INSERT INTO notification_attempts (notification_id, attempt, at, status_code, \
@@ -605,10 +590,7 @@ impl NotifyStore for PgStore {
         if known.is_empty() {
             return Err(StoreError::not_found("tenant", tenant));
         }
-        Err(StoreError::already_exists(
-            "template",
-            format!("{} {}", new.event_type, new.channel.as_str()),
-        ))
+        Err(duplicate_template(&new))
     }
 
     async fn list_templates(&self, tenant: TenantId) -> Result<Vec<Template>> {

@@ -9,20 +9,80 @@ use super::SqliteStore;
 use super::conn::immediate;
 use super::rows::{json, opt_parsed, opt_time, parsed, time, to_json, ts};
 use crate::notify::{
-    AfterAttempt, Channel, DeliveryAttempt, NewNotification, NewTemplate, NewWebhookEndpoint,
-    Notification, NotificationId, NotificationStatus, NotifyStore, Template, TemplateId,
-    TemplatePatch, WebhookEndpoint, WebhookId, WebhookPatch,
+    AfterAttempt, Channel, DeliveryAttempt, NOTIFICATION_COLUMNS, NewNotification, NewTemplate,
+    NewWebhookEndpoint, Notification, NotificationId, NotificationStatus, NotifyStore,
+    TEMPLATE_COLUMNS, Template, TemplateId, TemplatePatch, WEBHOOK_COLUMNS, WebhookEndpoint,
+    WebhookId, WebhookPatch, duplicate_template, stale_attempt,
 };
 use crate::{Page, PageRequest, Result, StoreError, decode_cursor, encode_cursor};
 
-const WEBHOOK_COLUMNS: &str = "id, tenant_id, url, description, event_types, enabled, secret, \
-     previous_secret, previous_secret_expires_at, disabled_reason, created_at, updated_at";
-
-const NOTIFICATION_COLUMNS: &str = "id, tenant_id, event_id, event_type, channel, recipient, \
-     webhook_id, payload, status, attempts, next_attempt_at, last_error, created_at, updated_at";
-
 fn bad(i: usize, msg: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, msg.to_owned().into())
+}
+
+/// Every row one statement returns, mapped.
+fn all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_map(params, map)?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// The one row one statement returns, mapped; `NotFound` for `what` `id` without it.
+fn one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: fn(&Row<'_>) -> rusqlite::Result<T>,
+    what: &'static str,
+    id: impl ToString,
+) -> Result<T> {
+    conn.prepare_cached(sql)?
+        .query_row(params, map)
+        .optional()?
+        .ok_or_else(|| StoreError::not_found(what, id))
+}
+
+/// Runs one statement and fails with `NotFound` for `what` `id` when it changed no row.
+fn change(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    what: &'static str,
+    id: impl ToString,
+) -> Result<()> {
+    if conn.prepare_cached(sql)?.execute(params)? == 0 {
+        return Err(StoreError::not_found(what, id));
+    }
+    Ok(())
+}
+
+/// `NotFound` unless the tenant exists (checked before inserting a row of its own).
+fn require_tenant(conn: &Connection, tenant: TenantId) -> Result<()> {
+    let known: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
+        .query_row(params![tenant.to_string()], |r| r.get(0))
+        .optional()?;
+    known
+        .map(|_| ())
+        .ok_or_else(|| StoreError::not_found("tenant", tenant))
+}
+
+/// Splits the extra row fetched past `limit` off `items` and makes the next cursor from
+/// the last item kept.
+fn into_page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|last| encode_cursor(&key(last)))
+    } else {
+        None
+    };
+    Page { items, next_cursor }
 }
 
 fn webhook(r: &Row<'_>) -> rusqlite::Result<WebhookEndpoint> {
@@ -76,12 +136,16 @@ fn attempt(r: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
 }
 
 fn find_webhook(conn: &Connection, tenant: TenantId, id: WebhookId) -> Result<WebhookEndpoint> {
-    conn.prepare_cached(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints WHERE id = ?1 AND tenant_id = ?2"
-    ))?
-    .query_row(params![id.to_string(), tenant.to_string()], webhook)
-    .optional()?
-    .ok_or_else(|| StoreError::not_found("webhook", id))
+    one(
+        conn,
+        &format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints WHERE id = ?1 AND tenant_id = ?2"
+        ),
+        params![id.to_string(), tenant.to_string()],
+        webhook,
+        "webhook",
+        id,
+    )
 }
 
 fn find_notification(
@@ -89,12 +153,16 @@ fn find_notification(
     tenant: TenantId,
     id: NotificationId,
 ) -> Result<Notification> {
-    conn.prepare_cached(&format!(
-        "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = ?1 AND tenant_id = ?2"
-    ))?
-    .query_row(params![id.to_string(), tenant.to_string()], notification)
-    .optional()?
-    .ok_or_else(|| StoreError::not_found("notification", id))
+    one(
+        conn,
+        &format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = ?1 AND tenant_id = ?2"
+        ),
+        params![id.to_string(), tenant.to_string()],
+        notification,
+        "notification",
+        id,
+    )
 }
 
 fn create_webhook(
@@ -106,13 +174,7 @@ fn create_webhook(
     let types = to_json("webhook event types", &new.event_types)?;
     let now = ts(&meridian_core::now());
     immediate(conn, |tx| {
-        let known: Option<i64> = tx
-            .prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
-            .query_row(params![tenant.to_string()], |r| r.get(0))
-            .optional()?;
-        if known.is_none() {
-            return Err(StoreError::not_found("tenant", tenant));
-        }
+        require_tenant(tx, tenant)?;
         tx.prepare_cached(
             "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, \
              enabled, secret, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
@@ -141,23 +203,16 @@ fn list_webhooks(
         Some(c) => cursor_id(c)?,
         None => String::new(),
     };
-    let mut items: Vec<WebhookEndpoint> = conn
-        .prepare_cached(&format!(
+    let items = all(
+        conn,
+        &format!(
             "SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints \
              WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-        ))?
-        .query_map(
-            params![tenant.to_string(), after, limit as i64 + 1],
-            webhook,
-        )?
-        .collect::<rusqlite::Result<_>>()?;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|last| encode_cursor(&last.id.to_string()))
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+        ),
+        params![tenant.to_string(), after, limit as i64 + 1],
+        webhook,
+    )?;
+    Ok(into_page(items, limit, |i| i.id.to_string()))
 }
 
 /// A cursor holding a UUID (the key these listings sort by), as text.
@@ -186,15 +241,14 @@ fn update_webhook(
         .transpose()?;
     let now = ts(&meridian_core::now());
     immediate(conn, |tx| {
-        let n = tx
-            .prepare_cached(
-                "UPDATE webhook_endpoints SET url = COALESCE(?3, url), \
-                 description = COALESCE(?4, description), \
-                 event_types = COALESCE(?5, event_types), enabled = COALESCE(?6, enabled), \
-                 disabled_reason = CASE WHEN ?6 = 1 THEN NULL ELSE disabled_reason END, \
-                 updated_at = ?7 WHERE id = ?1 AND tenant_id = ?2",
-            )?
-            .execute(params![
+        change(
+            tx,
+            "UPDATE webhook_endpoints SET url = COALESCE(?3, url), \
+             description = COALESCE(?4, description), \
+             event_types = COALESCE(?5, event_types), enabled = COALESCE(?6, enabled), \
+             disabled_reason = CASE WHEN ?6 = 1 THEN NULL ELSE disabled_reason END, \
+             updated_at = ?7 WHERE id = ?1 AND tenant_id = ?2",
+            params![
                 id.to_string(),
                 tenant.to_string(),
                 patch.url,
@@ -202,10 +256,10 @@ fn update_webhook(
                 types,
                 patch.enabled,
                 now,
-            ])?;
-        if n == 0 {
-            return Err(StoreError::not_found("webhook", id));
-        }
+            ],
+            "webhook",
+            id,
+        )?;
         find_webhook(tx, tenant, id)
     })
 }
@@ -213,12 +267,13 @@ fn update_webhook(
 fn delete_webhook(conn: &mut Connection, tenant: TenantId, id: WebhookId) -> Result<()> {
     let now = ts(&meridian_core::now());
     immediate(conn, |tx| {
-        let n = tx
-            .prepare_cached("DELETE FROM webhook_endpoints WHERE id = ?1 AND tenant_id = ?2")?
-            .execute(params![id.to_string(), tenant.to_string()])?;
-        if n == 0 {
-            return Err(StoreError::not_found("webhook", id));
-        }
+        change(
+            tx,
+            "DELETE FROM webhook_endpoints WHERE id = ?1 AND tenant_id = ?2",
+            params![id.to_string(), tenant.to_string()],
+            "webhook",
+            id,
+        )?;
         tx.prepare_cached(
             "UPDATE notifications SET status = 'failed', next_attempt_at = NULL, \
              last_error = 'endpoint deleted', updated_at = ?3 \
@@ -239,22 +294,15 @@ fn rotate_secret(
     let now = ts(&meridian_core::now());
     let expires = ts(previous_expires_at);
     immediate(conn, |tx| {
-        let n = tx
-            .prepare_cached(
-                "UPDATE webhook_endpoints SET previous_secret = secret, \
-                 previous_secret_expires_at = ?4, secret = ?3, updated_at = ?5 \
-                 WHERE id = ?1 AND tenant_id = ?2",
-            )?
-            .execute(params![
-                id.to_string(),
-                tenant.to_string(),
-                secret,
-                expires,
-                now
-            ])?;
-        if n == 0 {
-            return Err(StoreError::not_found("webhook", id));
-        }
+        change(
+            tx,
+            "UPDATE webhook_endpoints SET previous_secret = secret, \
+             previous_secret_expires_at = ?4, secret = ?3, updated_at = ?5 \
+             WHERE id = ?1 AND tenant_id = ?2",
+            params![id.to_string(), tenant.to_string(), secret, expires, now],
+            "webhook",
+            id,
+        )?;
         find_webhook(tx, tenant, id)
     })
 }
@@ -320,14 +368,16 @@ fn claim(
 ) -> Result<Vec<Notification>> {
     let (now, lease) = (ts(now), ts(lease_until));
     immediate(conn, |tx| {
-        let due: Vec<Notification> = tx
-            .prepare_cached(&format!(
+        let due = all(
+            tx,
+            &format!(
                 "SELECT {NOTIFICATION_COLUMNS} FROM notifications \
                  WHERE status = 'pending' AND next_attempt_at <= ?1 \
                  ORDER BY next_attempt_at LIMIT ?2"
-            ))?
-            .query_map(params![now, limit], notification)?
-            .collect::<rusqlite::Result<_>>()?;
+            ),
+            params![now, limit],
+            notification,
+        )?;
         let mut lease_stmt =
             tx.prepare_cached("UPDATE notifications SET next_attempt_at = ?2 WHERE id = ?1")?;
         for n in &due {
@@ -339,11 +389,8 @@ fn claim(
 
 fn record_attempt(conn: &mut Connection, a: &DeliveryAttempt, after: &AfterAttempt) -> Result<()> {
     let now = ts(&meridian_core::now());
-    let (status, next) = match after {
-        AfterAttempt::Succeeded => (NotificationStatus::Succeeded, None),
-        AfterAttempt::Retry(at) => (NotificationStatus::Pending, Some(ts(at))),
-        AfterAttempt::Failed => (NotificationStatus::Failed, None),
-    };
+    let (status, next) = after.outcome();
+    let next = next.as_ref().map(ts);
     immediate(conn, |tx| {
         // Only the attempt that follows the recorded count lands: a stale worker's record
         // (its lease ran out and another worker went on) changes nothing.
@@ -361,10 +408,7 @@ fn record_attempt(conn: &mut Connection, a: &DeliveryAttempt, after: &AfterAttem
                 now,
             ])?;
         if n == 0 {
-            return Err(StoreError::already_exists(
-                "delivery attempt",
-                format!("{} #{}", a.notification_id, a.attempt),
-            ));
+            return Err(stale_attempt(a));
         }
         tx.prepare_cached(
             "INSERT INTO notification_attempts (notification_id, attempt, at, status_code, \
@@ -395,29 +439,22 @@ fn list_notifications(
         // Above every UUID's text form.
         None => "g".to_owned(),
     };
-    let mut items: Vec<Notification> = conn
-        .prepare_cached(&format!(
+    let items = all(
+        conn,
+        &format!(
             "SELECT {NOTIFICATION_COLUMNS} FROM notifications \
              WHERE tenant_id = ?1 AND (?2 IS NULL OR webhook_id = ?2) AND id < ?3 \
              ORDER BY id DESC LIMIT ?4"
-        ))?
-        .query_map(
-            params![
-                tenant.to_string(),
-                webhook.map(|w| w.to_string()),
-                before,
-                limit as i64 + 1
-            ],
-            notification,
-        )?
-        .collect::<rusqlite::Result<_>>()?;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|last| encode_cursor(&last.id.to_string()))
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+        ),
+        params![
+            tenant.to_string(),
+            webhook.map(|w| w.to_string()),
+            before,
+            limit as i64 + 1
+        ],
+        notification,
+    )?;
+    Ok(into_page(items, limit, |i| i.id.to_string()))
 }
 
 fn attempts(
@@ -426,27 +463,26 @@ fn attempts(
     id: NotificationId,
 ) -> Result<Vec<DeliveryAttempt>> {
     find_notification(conn, tenant, id)?;
-    Ok(conn
-        .prepare_cached(
-            "SELECT notification_id, attempt, at, status_code, error, duration_ms, succeeded \
-             FROM notification_attempts WHERE notification_id = ?1 ORDER BY attempt",
-        )?
-        .query_map(params![id.to_string()], attempt)?
-        .collect::<rusqlite::Result<_>>()?)
+    all(
+        conn,
+        "SELECT notification_id, attempt, at, status_code, error, duration_ms, succeeded \
+         FROM notification_attempts WHERE notification_id = ?1 ORDER BY attempt",
+        params![id.to_string()],
+        attempt,
+    )
 }
 
 fn redeliver(conn: &mut Connection, tenant: TenantId, id: NotificationId) -> Result<Notification> {
     let now = ts(&meridian_core::now());
     immediate(conn, |tx| {
-        let n = tx
-            .prepare_cached(
-                "UPDATE notifications SET status = 'pending', next_attempt_at = ?3, \
-                 updated_at = ?3 WHERE id = ?1 AND tenant_id = ?2",
-            )?
-            .execute(params![id.to_string(), tenant.to_string(), now])?;
-        if n == 0 {
-            return Err(StoreError::not_found("notification", id));
-        }
+        change(
+            tx,
+            "UPDATE notifications SET status = 'pending', next_attempt_at = ?3, \
+             updated_at = ?3 WHERE id = ?1 AND tenant_id = ?2",
+            params![id.to_string(), tenant.to_string(), now],
+            "notification",
+            id,
+        )?;
         find_notification(tx, tenant, id)
     })
 }
@@ -466,9 +502,6 @@ fn consecutive_failures(conn: &Connection, tenant: TenantId, webhook: WebhookId)
     Ok(statuses.iter().take_while(|s| *s == "failed").count() as u32)
 }
 
-const TEMPLATE_COLUMNS: &str =
-    "id, tenant_id, event_type, channel, subject, body, created_at, updated_at";
-
 fn template(r: &Row<'_>) -> rusqlite::Result<Template> {
     let channel: String = r.get(3)?;
     Ok(Template {
@@ -484,12 +517,16 @@ fn template(r: &Row<'_>) -> rusqlite::Result<Template> {
 }
 
 fn find_template(conn: &Connection, tenant: TenantId, id: TemplateId) -> Result<Template> {
-    conn.prepare_cached(&format!(
-        "SELECT {TEMPLATE_COLUMNS} FROM notification_templates WHERE id = ?1 AND tenant_id = ?2"
-    ))?
-    .query_row(params![id.to_string(), tenant.to_string()], template)
-    .optional()?
-    .ok_or_else(|| StoreError::not_found("template", id))
+    one(
+        conn,
+        &format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM notification_templates WHERE id = ?1 AND tenant_id = ?2"
+        ),
+        params![id.to_string(), tenant.to_string()],
+        template,
+        "template",
+        id,
+    )
 }
 
 fn create_template(
@@ -500,13 +537,7 @@ fn create_template(
 ) -> Result<Template> {
     let now = ts(&meridian_core::now());
     immediate(conn, |tx| {
-        let known: Option<i64> = tx
-            .prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
-            .query_row(params![tenant.to_string()], |r| r.get(0))
-            .optional()?;
-        if known.is_none() {
-            return Err(StoreError::not_found("tenant", tenant));
-        }
+        require_tenant(tx, tenant)?;
         let n = tx
             .prepare_cached(
                 "INSERT INTO notification_templates (id, tenant_id, event_type, channel, subject, \
@@ -523,10 +554,7 @@ fn create_template(
                 now,
             ])?;
         if n == 0 {
-            return Err(StoreError::already_exists(
-                "template",
-                format!("{} {}", new.event_type, new.channel.as_str()),
-            ));
+            return Err(duplicate_template(new));
         }
         find_template(tx, tenant, id)
     })
@@ -540,23 +568,22 @@ fn update_template(
 ) -> Result<Template> {
     let now = ts(&meridian_core::now());
     immediate(conn, |tx| {
-        let n = tx
-            .prepare_cached(
-                "UPDATE notification_templates SET \
-                 subject = CASE WHEN ?3 THEN ?4 ELSE subject END, body = COALESCE(?5, body), \
-                 updated_at = ?6 WHERE id = ?1 AND tenant_id = ?2",
-            )?
-            .execute(params![
+        change(
+            tx,
+            "UPDATE notification_templates SET \
+             subject = CASE WHEN ?3 THEN ?4 ELSE subject END, body = COALESCE(?5, body), \
+             updated_at = ?6 WHERE id = ?1 AND tenant_id = ?2",
+            params![
                 id.to_string(),
                 tenant.to_string(),
                 patch.subject.is_some(),
                 patch.subject.clone().flatten(),
                 patch.body,
                 now,
-            ])?;
-        if n == 0 {
-            return Err(StoreError::not_found("template", id));
-        }
+            ],
+            "template",
+            id,
+        )?;
         find_template(tx, tenant, id)
     })
 }
@@ -617,12 +644,15 @@ impl NotifyStore for SqliteStore {
 
     async fn enabled_webhooks(&self, tenant: TenantId) -> Result<Vec<WebhookEndpoint>> {
         self.read(move |c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints \
-                 WHERE tenant_id = ?1 AND enabled = 1 ORDER BY id"
-            ))?
-            .query_map(params![tenant.to_string()], webhook)?
-            .collect::<rusqlite::Result<_>>()?)
+            all(
+                c,
+                &format!(
+                    "SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints \
+                     WHERE tenant_id = ?1 AND enabled = 1 ORDER BY id"
+                ),
+                params![tenant.to_string()],
+                webhook,
+            )
         })
         .await
     }
@@ -724,12 +754,15 @@ impl NotifyStore for SqliteStore {
 
     async fn list_templates(&self, tenant: TenantId) -> Result<Vec<Template>> {
         self.read(move |c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT {TEMPLATE_COLUMNS} FROM notification_templates WHERE tenant_id = ?1 \
-                 ORDER BY event_type, channel"
-            ))?
-            .query_map(params![tenant.to_string()], template)?
-            .collect::<rusqlite::Result<_>>()?)
+            all(
+                c,
+                &format!(
+                    "SELECT {TEMPLATE_COLUMNS} FROM notification_templates WHERE tenant_id = ?1 \
+                     ORDER BY event_type, channel"
+                ),
+                params![tenant.to_string()],
+                template,
+            )
         })
         .await
     }
@@ -752,15 +785,13 @@ impl NotifyStore for SqliteStore {
     async fn delete_template(&self, tenant: TenantId, id: TemplateId) -> Result<()> {
         self.writer
             .write(move |c| {
-                let n = c
-                    .prepare_cached(
-                        "DELETE FROM notification_templates WHERE id = ?1 AND tenant_id = ?2",
-                    )?
-                    .execute(params![id.to_string(), tenant.to_string()])?;
-                if n == 0 {
-                    return Err(StoreError::not_found("template", id));
-                }
-                Ok(())
+                change(
+                    c,
+                    "DELETE FROM notification_templates WHERE id = ?1 AND tenant_id = ?2",
+                    params![id.to_string(), tenant.to_string()],
+                    "template",
+                    id,
+                )
             })
             .await
     }
