@@ -38,6 +38,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use crate::layers::GatewayConfig;
 pub use crate::metrics::install_metrics;
 pub use crate::openapi::ApiDoc;
+pub use crate::resources::plugins::{PluginStatusSource, new_plugin, parse_manifest};
 
 /// Limits applied to every request.
 #[derive(Clone, Debug)]
@@ -71,6 +72,10 @@ pub struct AppState {
     pub config: ApiConfig,
     /// Token verification and issuing, signing keys, revocations.
     pub auth: Arc<auth::AuthService>,
+    /// The plugin registry (usually the same backend as `store`).
+    pub plugins: Arc<dyn meridian_store::PluginStore>,
+    /// The instance manager's view of each plugin, when one runs in this process.
+    pub plugin_status: Option<Arc<dyn PluginStatusSource>>,
 }
 
 /// The router `meridian bench gateway` measures: one trivial handler served twice, at
@@ -144,8 +149,8 @@ fn with_outer_layers(routes: Router<AppState>, state: AppState) -> Router {
 /// The whole HTTP surface, with its layers, ready to serve.
 pub fn router(state: AppState) -> Router {
     use resources::{
-        api_keys, auth as auth_routes, dead_letters, inventory, ops, orders, products, users,
-        warehouses,
+        api_keys, auth as auth_routes, dead_letters, inventory, ops, orders, plugins, products,
+        users, warehouses,
     };
 
     // Every route here needs a credential and its permission (see `behind_authentication`).
@@ -196,7 +201,23 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/auth/signing-keys/rotate",
             post(auth_routes::rotate_signing_keys),
-        );
+        )
+        // The deployment's plugin registry (platform admins).
+        .route("/v1/plugins", post(plugins::register).get(plugins::list))
+        .route(
+            "/v1/plugins/{plugin}",
+            get(plugins::get).delete(plugins::deregister),
+        )
+        .route(
+            "/v1/plugins/{plugin}/grants/{grant}/approve",
+            post(plugins::approve),
+        )
+        .route(
+            "/v1/plugins/{plugin}/grants/{grant}/deny",
+            post(plugins::deny),
+        )
+        .route("/v1/plugins/{plugin}/audit", get(plugins::audit))
+        .route("/v1/plugin-audit", get(plugins::audit_all));
     let authenticated = behind_authentication(authenticated, &state);
 
     let routes = Router::new()

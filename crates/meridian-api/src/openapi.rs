@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::resources::{
-    api_keys, auth, dead_letters, inventory, ops, orders, products, users, warehouses,
+    api_keys, auth, dead_letters, inventory, ops, orders, plugins, products, users, warehouses,
 };
 
 #[derive(OpenApi)]
@@ -57,6 +57,14 @@ use crate::resources::{
         auth::jwks,
         auth::openid_configuration,
         auth::rotate_signing_keys,
+        plugins::register,
+        plugins::list,
+        plugins::get,
+        plugins::deregister,
+        plugins::approve,
+        plugins::deny,
+        plugins::audit,
+        plugins::audit_all,
     ),
     components(schemas(crate::problem::ProblemDetails)),
     modifiers(&BearerAuth),
@@ -69,6 +77,7 @@ use crate::resources::{
         (name = "dead-letters", description = "Messages a consumer gave up on; inspect and replay"),
         (name = "api-keys", description = "The tenant's API keys"),
         (name = "users", description = "The tenant's users and their roles"),
+        (name = "plugins", description = "The plugin registry: manifests, grant approvals and their audit trail"),
         (name = "auth", description = "OAuth 2.0 token endpoint, revocation, JWKS and discovery"),
         (name = "operations", description = "Health, readiness, metrics; no authentication"),
     )

@@ -99,10 +99,14 @@ pub enum Permission {
     TenantsManage,
     /// Platform-wide: rotate the JWT signing keys.
     SigningKeysRotate,
+    /// Platform-wide: list plugins, their grants and the audit trail.
+    PluginsRead,
+    /// Platform-wide: register and deregister plugins, approve and deny their grants.
+    PluginsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 16] = [
         Permission::CatalogRead,
         Permission::CatalogWrite,
         Permission::InventoryRead,
@@ -117,6 +121,8 @@ impl Permission {
         Permission::UsersManage,
         Permission::TenantsManage,
         Permission::SigningKeysRotate,
+        Permission::PluginsRead,
+        Permission::PluginsManage,
     ];
 
     /// The permission's scope name, as API keys and the JWT `scope` claim carry it.
@@ -136,6 +142,8 @@ impl Permission {
             Permission::UsersManage => "users:manage",
             Permission::TenantsManage => "platform:tenants",
             Permission::SigningKeysRotate => "platform:signing_keys",
+            Permission::PluginsRead => "platform:plugins:read",
+            Permission::PluginsManage => "platform:plugins:manage",
         }
     }
 
@@ -156,7 +164,7 @@ pub fn permits(role: Role, permission: Permission) -> bool {
         CatalogRead | InventoryRead | OrdersRead => Role::Viewer,
         CatalogWrite | InventoryWrite | OrdersWrite | DeadLettersRead => Role::Member,
         DeadLettersReplay | ApiKeysRead | ApiKeysManage | UsersRead | UsersManage => Role::Admin,
-        TenantsManage | SigningKeysRotate => Role::PlatformAdmin,
+        TenantsManage | SigningKeysRotate | PluginsRead | PluginsManage => Role::PlatformAdmin,
     };
     role >= least
 }
@@ -260,6 +268,8 @@ mod tests {
         (UsersManage, [false, false, true, true, true]),
         (TenantsManage, [false, false, false, false, true]),
         (SigningKeysRotate, [false, false, false, false, true]),
+        (PluginsRead, [false, false, false, false, true]),
+        (PluginsManage, [false, false, false, false, true]),
     ];
 
     #[test]

@@ -13,6 +13,7 @@
 mod cursor;
 mod error;
 mod keys;
+mod plugins;
 mod port;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -21,6 +22,10 @@ pub mod sqlite;
 pub use cursor::{decode_cursor, encode_cursor};
 pub use error::StoreError;
 pub use keys::{ApiKeySecret, hash_secret, parse_api_key};
+pub use plugins::{
+    GrantDirection, GrantState, NewPlugin, PluginAction, PluginAuditEntry, PluginGrant,
+    PluginRecord, PluginStore,
+};
 pub use port::*;
 
 use std::sync::Arc;
@@ -42,6 +47,25 @@ pub async fn open(
         StoreConfig::Sqlite(c) => Arc::new(sqlite::SqliteStore::open(c, events).await?),
         #[cfg(feature = "postgres")]
         StoreConfig::Postgres(c) => Arc::new(postgres::PgStore::open(c, events).await?),
+    })
+}
+
+/// Opens the configured backend like [`open`], and hands out its plugin registry too (the
+/// same database and connections).
+pub async fn open_with_plugins(
+    config: StoreConfig,
+    events: meridian_core::EventSource,
+) -> Result<(Arc<dyn Store>, Arc<dyn PluginStore>), StoreError> {
+    Ok(match config {
+        StoreConfig::Sqlite(c) => {
+            let s = Arc::new(sqlite::SqliteStore::open(c, events).await?);
+            (s.clone(), s)
+        }
+        #[cfg(feature = "postgres")]
+        StoreConfig::Postgres(c) => {
+            let s = Arc::new(postgres::PgStore::open(c, events).await?);
+            (s.clone(), s)
+        }
     })
 }
 

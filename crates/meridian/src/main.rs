@@ -6,6 +6,8 @@ mod auth_config;
 mod bench;
 mod config;
 mod demo;
+mod plugin_manager;
+mod plugins_cli;
 mod server;
 mod sidecar;
 
@@ -70,6 +72,11 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         command: DeadLettersCommand,
+    },
+    /// The plugin registry: register, list, approve or deny grants, deregister, audit.
+    Plugins {
+        #[command(subcommand)]
+        command: plugins_cli::PluginsCommand,
     },
     /// A plugin's sidecar: its ACL-scoped door to the bus, state and health (docs/plugins.md).
     Sidecar(sidecar::SidecarArgs),
@@ -262,6 +269,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::DeadLetters { command } => {
             init_logging(config.log_format, "warn");
             dead_letters(&config, command).await?;
+        }
+        Command::Plugins { command } => {
+            init_logging(config.log_format, "warn");
+            let (_, plugins) = server::open_stores(&config).await?;
+            plugins_cli::run(plugins.as_ref(), command).await?;
         }
         Command::Sidecar(args) => {
             init_logging(config.log_format, "info");

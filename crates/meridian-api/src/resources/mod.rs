@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod inventory;
 pub mod ops;
 pub mod orders;
+pub mod plugins;
 pub mod products;
 pub mod users;
 pub mod warehouses;

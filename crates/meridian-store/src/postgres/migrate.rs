@@ -18,6 +18,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/postgres/0002_relay_inbox_projection_dead_letters.sql"),
     ),
     (4, include_str!("../../migrations/postgres/0004_auth.sql")),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_plugins.sql"),
+    ),
 ];
 
 /// Creates `schema` if given and applies every pending migration to it.

@@ -28,6 +28,7 @@ mod error;
 mod inventory;
 mod migrate;
 mod orders;
+mod plugins;
 mod relay;
 mod rows;
 mod sql;

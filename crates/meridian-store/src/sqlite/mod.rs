@@ -23,6 +23,7 @@ mod conn;
 mod dead_letters;
 mod error;
 mod outbox;
+mod plugins;
 mod queries;
 mod readers;
 mod rows;

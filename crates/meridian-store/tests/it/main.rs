@@ -1,7 +1,8 @@
 //! Integration tests of `meridian-store`: the backend-neutral conformance suite
-//! ([`conformance`]) run against every backend, plus each backend's own tests.
+//! ([`conformance`], and [`plugins`] for the plugin registry) run against every backend, plus each backend's own tests.
 
 mod conformance;
+mod plugins;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;

@@ -6,6 +6,8 @@ mod cli;
 mod crash;
 mod events;
 mod gateway;
+mod manager;
+mod plugins;
 mod race;
 mod sidecar;
 mod support;
