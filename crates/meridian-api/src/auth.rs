@@ -152,12 +152,38 @@ pub fn required_permission(method: &Method, route: &str) -> Option<Permission> {
         (r, true) if r.starts_with("/v1/inventory/") => InventoryWrite,
         ("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/events", false) => OrdersRead,
         ("/v1/orders" | "/v1/orders/{id}/cancel" | "/v1/orders/{id}/fulfill", true) => OrdersWrite,
+        (
+            "/v1/shipments"
+            | "/v1/shipments/{id}"
+            | "/v1/shipments/{id}/label"
+            | "/v1/shipments/{id}/label-url",
+            false,
+        ) => ShipmentsRead,
+        ("/v1/shipments/{id}/tracking", true) => ShipmentsWrite,
         ("/v1/dead-letters" | "/v1/dead-letters/{id}", false) => DeadLettersRead,
         ("/v1/dead-letters/{id}/replay", true) => DeadLettersReplay,
         ("/v1/api-keys", false) => ApiKeysRead,
         ("/v1/api-keys" | "/v1/api-keys/{id}" | "/v1/api-keys/{id}/rotate", true) => ApiKeysManage,
         ("/v1/users" | "/v1/users/{id}", false) => UsersRead,
         ("/v1/users" | "/v1/users/{id}", true) => UsersManage,
+        (
+            "/v1/webhooks"
+            | "/v1/webhooks/{id}"
+            | "/v1/webhooks/{id}/deliveries"
+            | "/v1/notifications"
+            | "/v1/templates"
+            | "/v1/templates/{id}",
+            false,
+        ) => NotificationsRead,
+        ("/v1/templates/preview", true) => NotificationsRead,
+        ("/v1/templates" | "/v1/templates/{id}", true) => NotificationsManage,
+        (
+            "/v1/webhooks"
+            | "/v1/webhooks/{id}"
+            | "/v1/webhooks/{id}/rotate-secret"
+            | "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            true,
+        ) => NotificationsManage,
         ("/v1/auth/signing-keys/rotate", true) => SigningKeysRotate,
         (r, false) if r == "/v1/plugin-audit" || r.starts_with("/v1/plugins") => PluginsRead,
         (r, true) if r.starts_with("/v1/plugins") => PluginsManage,
@@ -301,8 +327,15 @@ mod tests {
             (Method::PUT, "/v1/inventory/{warehouse_code}/{sku}"),
             (Method::POST, "/v1/orders/{id}/cancel"),
             (Method::POST, "/v1/dead-letters/{id}/replay"),
+            (Method::GET, "/v1/shipments/{id}/label"),
+            (Method::POST, "/v1/shipments/{id}/tracking"),
             (Method::POST, "/v1/api-keys/{id}/rotate"),
             (Method::PATCH, "/v1/users/{id}"),
+            (Method::GET, "/v1/webhooks/{id}/deliveries"),
+            (
+                Method::POST,
+                "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            ),
         ] {
             assert!(required_permission(&m, r).is_some(), "{m} {r}");
         }

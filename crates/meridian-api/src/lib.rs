@@ -39,6 +39,8 @@ pub use crate::layers::GatewayConfig;
 pub use crate::metrics::install_metrics;
 pub use crate::openapi::ApiDoc;
 pub use crate::resources::plugins::{PluginStatusSource, new_plugin, parse_manifest};
+pub use crate::resources::shipments::CarrierWebhook;
+pub use meridian_fulfillment_service::LabelUrlSigner;
 
 /// Limits applied to every request.
 #[derive(Clone, Debug)]
@@ -149,8 +151,8 @@ fn with_outer_layers(routes: Router<AppState>, state: AppState) -> Router {
 /// The whole HTTP surface, with its layers, ready to serve.
 pub fn router(state: AppState) -> Router {
     use resources::{
-        api_keys, auth as auth_routes, dead_letters, inventory, ops, orders, plugins, products,
-        users, warehouses,
+        api_keys, auth as auth_routes, dead_letters, inventory, notifications, ops, orders,
+        plugins, products, shipments, templates, users, warehouses, webhooks,
     };
 
     // Every route here needs a credential and its permission (see `behind_authentication`).
@@ -184,6 +186,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/events", get(orders::events))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/fulfill", post(orders::fulfill))
+        // Shipments (the fulfillment service).
+        .route("/v1/shipments", get(shipments::list))
+        .route("/v1/shipments/{id}", get(shipments::get))
+        .route("/v1/shipments/{id}/label", get(shipments::label))
+        .route("/v1/shipments/{id}/label-url", get(shipments::label_url))
+        .route("/v1/shipments/{id}/tracking", post(shipments::tracking))
         // Dead letters of the caller's tenant.
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/{id}", get(dead_letters::get))
@@ -201,6 +209,36 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/auth/signing-keys/rotate",
             post(auth_routes::rotate_signing_keys),
+        )
+        // Webhook endpoints of the caller's tenant and their delivery log.
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route("/v1/notifications", get(notifications::list))
+        // Notification templates.
+        .route(
+            "/v1/templates",
+            post(templates::create).get(templates::list),
+        )
+        .route("/v1/templates/preview", post(templates::preview))
+        .route(
+            "/v1/templates/{id}",
+            get(templates::get)
+                .patch(templates::update)
+                .delete(templates::delete),
         )
         // The deployment's plugin registry (platform admins).
         .route("/v1/plugins", post(plugins::register).get(plugins::list))
@@ -229,6 +267,13 @@ pub fn router(state: AppState) -> Router {
         // The token endpoints authenticate their clients themselves (RFC 6749, RFC 7009).
         .route("/v1/auth/token", post(auth_routes::token))
         .route("/v1/auth/revoke", post(auth_routes::revoke))
+        // A pre-signed label link is its own authorization.
+        .route("/v1/labels/{id}", get(shipments::presigned_label))
+        // Carriers authenticate their webhooks by signature.
+        .route(
+            "/v1/carrier-webhooks/tracking",
+            post(shipments::carrier_webhook),
+        )
         .route("/.well-known/jwks.json", get(auth_routes::jwks))
         .route(
             "/.well-known/openid-configuration",

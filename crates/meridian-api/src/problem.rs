@@ -290,6 +290,7 @@ impl From<StoreError> for Problem {
             | StoreError::AlreadyExists { .. }
             | StoreError::UnknownSkus(_)
             | StoreError::InvalidTransition { .. }
+            | StoreError::IllegalTransition(_)
             | StoreError::IdempotencyKeyReused(_)
             | StoreError::StockConflict(_) => Problem::new(code, err.to_string()),
         }

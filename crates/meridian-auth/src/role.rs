@@ -89,12 +89,20 @@ pub enum Permission {
     InventoryWrite,
     OrdersRead,
     OrdersWrite,
+    /// Shipments and their labels (the fulfillment service).
+    ShipmentsRead,
+    /// Tracking updates of shipments.
+    ShipmentsWrite,
     DeadLettersRead,
     DeadLettersReplay,
     ApiKeysRead,
     ApiKeysManage,
     UsersRead,
     UsersManage,
+    /// See the tenant's webhook endpoints, templates and notification log.
+    NotificationsRead,
+    /// Manage webhook endpoints (secrets, redelivery) and templates.
+    NotificationsManage,
     /// Platform-wide: create tenants, see every tenant.
     TenantsManage,
     /// Platform-wide: rotate the JWT signing keys.
@@ -106,19 +114,23 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 20] = [
         Permission::CatalogRead,
         Permission::CatalogWrite,
         Permission::InventoryRead,
         Permission::InventoryWrite,
         Permission::OrdersRead,
         Permission::OrdersWrite,
+        Permission::ShipmentsRead,
+        Permission::ShipmentsWrite,
         Permission::DeadLettersRead,
         Permission::DeadLettersReplay,
         Permission::ApiKeysRead,
         Permission::ApiKeysManage,
         Permission::UsersRead,
         Permission::UsersManage,
+        Permission::NotificationsRead,
+        Permission::NotificationsManage,
         Permission::TenantsManage,
         Permission::SigningKeysRotate,
         Permission::PluginsRead,
@@ -134,12 +146,16 @@ impl Permission {
             Permission::InventoryWrite => "inventory:write",
             Permission::OrdersRead => "orders:read",
             Permission::OrdersWrite => "orders:write",
+            Permission::ShipmentsRead => "shipments:read",
+            Permission::ShipmentsWrite => "shipments:write",
             Permission::DeadLettersRead => "dead_letters:read",
             Permission::DeadLettersReplay => "dead_letters:replay",
             Permission::ApiKeysRead => "api_keys:read",
             Permission::ApiKeysManage => "api_keys:manage",
             Permission::UsersRead => "users:read",
             Permission::UsersManage => "users:manage",
+            Permission::NotificationsRead => "notifications:read",
+            Permission::NotificationsManage => "notifications:manage",
             Permission::TenantsManage => "platform:tenants",
             Permission::SigningKeysRotate => "platform:signing_keys",
             Permission::PluginsRead => "platform:plugins:read",
@@ -161,9 +177,11 @@ impl Permission {
 pub fn permits(role: Role, permission: Permission) -> bool {
     use Permission::*;
     let least = match permission {
-        CatalogRead | InventoryRead | OrdersRead => Role::Viewer,
-        CatalogWrite | InventoryWrite | OrdersWrite | DeadLettersRead => Role::Member,
-        DeadLettersReplay | ApiKeysRead | ApiKeysManage | UsersRead | UsersManage => Role::Admin,
+        CatalogRead | InventoryRead | OrdersRead | ShipmentsRead => Role::Viewer,
+        CatalogWrite | InventoryWrite | OrdersWrite | ShipmentsWrite | DeadLettersRead
+        | NotificationsRead => Role::Member,
+        DeadLettersReplay | ApiKeysRead | ApiKeysManage | UsersRead | UsersManage
+        | NotificationsManage => Role::Admin,
         TenantsManage | SigningKeysRotate | PluginsRead | PluginsManage => Role::PlatformAdmin,
     };
     role >= least
@@ -260,12 +278,16 @@ mod tests {
         (InventoryWrite, [false, true, true, true, true]),
         (OrdersRead, [true, true, true, true, true]),
         (OrdersWrite, [false, true, true, true, true]),
+        (ShipmentsRead, [true, true, true, true, true]),
+        (ShipmentsWrite, [false, true, true, true, true]),
         (DeadLettersRead, [false, true, true, true, true]),
         (DeadLettersReplay, [false, false, true, true, true]),
         (ApiKeysRead, [false, false, true, true, true]),
         (ApiKeysManage, [false, false, true, true, true]),
         (UsersRead, [false, false, true, true, true]),
         (UsersManage, [false, false, true, true, true]),
+        (NotificationsRead, [false, true, true, true, true]),
+        (NotificationsManage, [false, false, true, true, true]),
         (TenantsManage, [false, false, false, false, true]),
         (SigningKeysRotate, [false, false, false, false, true]),
         (PluginsRead, [false, false, false, false, true]),

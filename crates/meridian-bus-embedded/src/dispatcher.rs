@@ -42,7 +42,7 @@ use async_trait::async_trait;
 use meridian_bus::{
     AckHandle, BusError, Delivery, Message, StartAt, SubscribeOptions, Subscription, TopicPattern,
 };
-use meridian_core::{Topic, valid_segment};
+use meridian_core::valid_segment;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -284,11 +284,8 @@ struct Member {
 
 /// A fetched message that is not acknowledged yet.
 struct Pending {
-    /// The decoded message until its first delivery takes it; later deliveries decode
-    /// `payload` again.
-    message: Option<Message>,
-    topic: Topic,
-    payload: Vec<u8>,
+    /// The message; each delivery takes a copy (a reference count, see [`Message`]).
+    message: Message,
     key_hash: u64,
     /// Deliveries made so far.
     attempts: u32,
@@ -385,17 +382,7 @@ impl Group {
                     continue;
                 };
                 let attempt = p.attempts + 1;
-                let message = match p.message.take() {
-                    Some(m) => m,
-                    None => match Message::decode(p.topic.as_str(), &p.payload) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            // It decoded when fetched, so this is a bug; leave it unacked.
-                            tracing::error!(seq, error = %e, "cannot decode a message again");
-                            continue;
-                        }
-                    },
-                };
+                let message = p.message.clone();
                 let delivery = Delivery::new(
                     message,
                     attempt,
@@ -406,10 +393,9 @@ impl Group {
                         commands: commands.clone(),
                     }),
                 );
-                if let Err(unsent) = m.deliveries.send(delivery) {
+                if m.deliveries.send(delivery).is_err() {
                     // The subscription is gone; its Leave is on the way and will route this
                     // message to someone else.
-                    p.message = Some(unsent.0.message);
                     m.queue.insert(seq);
                     break;
                 }
@@ -899,9 +885,7 @@ impl Dispatcher {
                 entry.seq,
                 Pending {
                     key_hash: hasher.finish(),
-                    topic: entry.message.topic.clone(),
-                    message: Some(entry.message),
-                    payload: entry.payload,
+                    message: entry.message,
                     attempts,
                     nack_stored,
                     state,

@@ -9,7 +9,7 @@ use meridian_core::Timestamp;
 #[derive(Debug)]
 pub(crate) struct NewEntry {
     pub(crate) topic: String,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: bytes::Bytes,
 }
 
 /// A message read back from the log, already decoded and matched against the pattern.
@@ -17,9 +17,6 @@ pub(crate) struct NewEntry {
 pub(crate) struct Entry {
     pub(crate) seq: u64,
     pub(crate) message: Message,
-    /// The stored JSON, kept to decode again for a redelivery: cheaper than cloning every
-    /// message's JSON tree for a first delivery that is almost always the last.
-    pub(crate) payload: Vec<u8>,
 }
 
 /// One fetch: the matching entries in `(after, through]`, in seq order. Every seq up to
@@ -138,11 +135,9 @@ pub(crate) fn decode_rows(
     let mut entries = Vec::new();
     for (seq, topic, payload) in rows {
         match Message::decode(&topic, &payload) {
-            Ok(message) if pattern.matches(&message.topic) => entries.push(Entry {
-                seq,
-                message,
-                payload,
-            }),
+            Ok(message) if pattern.matches(&message.topic) => {
+                entries.push(Entry { seq, message });
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(seq, topic, error = %e, "skipping an undecodable bus log row");

@@ -510,7 +510,7 @@ fn write_in_one_transaction(
                     .map_err(db)?;
                 for e in entries {
                     insert
-                        .execute(params![e.topic, at, e.payload])
+                        .execute(params![e.topic, at, &e.payload[..]])
                         .map_err(db)?;
                 }
                 if !entries.is_empty() {

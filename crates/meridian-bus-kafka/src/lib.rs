@@ -66,6 +66,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use meridian_bus::{
     Bus, BusError, Capabilities, MAX_PAYLOAD_BYTES, Message, SubscribeOptions, Subscription,
     TopicPattern,
@@ -273,7 +274,7 @@ impl KafkaBus {
     }
 
     /// Validates and encodes a message: `(kafka topic, bytes)`.
-    fn encode(message: &Message) -> Result<(String, Vec<u8>), BusError> {
+    fn encode(message: &Message) -> Result<(String, Bytes), BusError> {
         // A `Topic` can arrive unchecked (it deserializes without validation): parse again.
         let topic = Topic::parse(message.topic.as_str()).map_err(BusError::InvalidTopic)?;
         let (deployment, domain) = naming::topic_parts(topic.as_str())
@@ -294,7 +295,7 @@ impl KafkaBus {
         });
         let record = FutureRecord::to(&kafka_topic)
             .key(message.key())
-            .payload(&bytes)
+            .payload(&bytes[..])
             .headers(headers);
         let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
         let mut record = record;

@@ -78,6 +78,7 @@ use async_nats::header::HeaderMap;
 use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_trait::async_trait;
+use bytes::Bytes;
 use meridian_bus::{
     Bus, BusError, Capabilities, MAX_PAYLOAD_BYTES, Message, SubscribeOptions, Subscription,
     TopicPattern,
@@ -282,7 +283,7 @@ impl NatsBus {
         Ok(names.len())
     }
 
-    fn encode(&self, message: &Message) -> Result<(String, Vec<u8>), BusError> {
+    fn encode(&self, message: &Message) -> Result<(String, Bytes), BusError> {
         // A `Topic` built with `Topic::platform` is only checked in debug builds; the
         // contract wants every published topic validated, so parse it again.
         let topic = Topic::parse(message.topic.as_str()).map_err(BusError::InvalidTopic)?;
@@ -299,14 +300,14 @@ impl NatsBus {
     async fn send(
         &self,
         message: &Message,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     ) -> Result<jetstream::context::PublishAckFuture, BusError> {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", message.envelope.id.to_string().as_str());
+        headers.insert("Nats-Msg-Id", message.id().to_string().as_str());
         let size = bytes.len();
         self.inner
             .js
-            .publish_with_headers(message.topic.as_str().to_owned(), headers, bytes.into())
+            .publish_with_headers(message.topic.as_str().to_owned(), headers, bytes)
             .await
             .map_err(|e| match e.kind() {
                 // The server takes less than Meridian's limit (its max_payload covers the
@@ -332,7 +333,7 @@ impl NatsBus {
                 if ack.duplicate {
                     // Stored before (a retried publish): the idempotent outcome, but worth
                     // seeing when a deliberate re-publish seems to vanish.
-                    tracing::debug!(id = %message.envelope.id, stream = %ack.stream, "nats: duplicate publish dropped by the server");
+                    tracing::debug!(id = %message.id(), stream = %ack.stream, "nats: duplicate publish dropped by the server");
                 }
                 Ok(())
             }
@@ -341,7 +342,7 @@ impl NatsBus {
                 self.inner
                     .ensure_stream(&stream, message.topic.as_str())
                     .await?;
-                // Encoded again rather than kept: this path is rare, a copy per publish not.
+                // The message's bytes again: a shared buffer, not a copy.
                 let (_, bytes) = self.encode(message)?;
                 self.send(message, bytes)
                     .await?

@@ -89,6 +89,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Confirmation, ExchangeKind, PublisherConfirm};
 use meridian_bus::{
@@ -276,7 +277,7 @@ impl RabbitBus {
     }
 
     /// Encodes and validates `message` before anything is sent.
-    fn prepare(message: &Message) -> Result<(Vec<u8>, BasicProperties), BusError> {
+    fn prepare(message: &Message) -> Result<(Bytes, BasicProperties), BusError> {
         // `Topic` is validated on construction; parsing again guards against a topic built
         // by a path that skipped validation, since a bad routing key would be unroutable.
         Topic::parse(message.topic.as_str()).map_err(BusError::InvalidTopic)?;
@@ -284,7 +285,7 @@ impl RabbitBus {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/cloudevents+json".into())
-            .with_message_id(message.envelope.id.to_string().into());
+            .with_message_id(message.id().to_string().into());
         Ok((body, properties))
     }
 
@@ -292,7 +293,7 @@ impl RabbitBus {
     /// in order. Stops at the first send failure: the channel is then unusable.
     async fn send(
         &self,
-        items: Vec<(usize, &Message, Vec<u8>, BasicProperties)>,
+        items: Vec<(usize, &Message, Bytes, BasicProperties)>,
         wait: Duration,
         out: &mut [Option<Result<(), BusError>>],
     ) -> Vec<(usize, PublisherConfirm)> {

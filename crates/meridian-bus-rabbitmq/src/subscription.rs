@@ -199,7 +199,7 @@ impl RabbitSubscription {
             settle_in_background(d.acker, Settle::Skip);
             return None;
         }
-        let id = message.envelope.id;
+        let id = message.id();
         let attempt = if self.spec.durable {
             // Quorum queues count returned deliveries (nacks with requeue and consumers
             // that went away) in `x-delivery-count`, absent on the first delivery.

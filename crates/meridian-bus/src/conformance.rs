@@ -147,13 +147,13 @@ fn message(topic: &Topic, key: &str, n: u64) -> Message {
 }
 
 fn n_of(d: &Delivery) -> u64 {
-    d.message.envelope.data["n"]
+    d.message.envelope().data["n"]
         .as_u64()
         .expect("test messages carry n")
 }
 
 async fn publish(bus: &dyn Bus, m: Message) {
-    let id = m.envelope.id;
+    let id = m.id();
     timeout(WAIT, bus.publish(m))
         .await
         .unwrap_or_else(|_| panic!("publish of {id} did not return within {WAIT:?}"))
@@ -203,12 +203,12 @@ async fn drain_until_marker(
     key: &str,
 ) -> Vec<Message> {
     let marker = message(topic, key, u64::MAX);
-    let marker_id = marker.envelope.id;
+    let marker_id = marker.id();
     publish(bus, marker).await;
     let mut others = Vec::new();
     loop {
         let d = next(sub).await;
-        let done = d.message.envelope.id == marker_id;
+        let done = d.message.id() == marker_id;
         if !done {
             others.push(d.message.clone());
         }
@@ -218,7 +218,7 @@ async fn drain_until_marker(
         }
     }
     while let Some(d) = quiet(sub).await {
-        if d.message.envelope.id != marker_id {
+        if d.message.id() != marker_id {
             others.push(d.message.clone());
         }
         ack(d).await;
@@ -265,12 +265,12 @@ pub async fn round_trip(t: TestBus) {
     let mut got = HashSet::new();
     for _ in 0..2 {
         let d = next(&mut all).await;
-        got.insert(d.message.envelope.id);
+        got.insert(d.message.id());
         ack(d).await;
     }
     assert_eq!(
         got,
-        HashSet::from([elsewhere.envelope.id, sent.envelope.id]),
+        HashSet::from([elsewhere.id(), sent.id()]),
         "`**` matches both topics"
     );
     let stray = drain_until_marker(bus, &mut sub, &exact_topic, "k").await;
@@ -290,14 +290,14 @@ pub async fn fan_out(t: TestBus) {
     let mut sent = HashSet::new();
     for n in 0..10 {
         let m = message(&topic, &format!("k{n}"), n);
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         publish(bus, m).await;
     }
     for sub in [&mut a, &mut b] {
         let mut got = HashSet::new();
         for _ in 0..10 {
             let d = next(sub).await;
-            assert!(got.insert(d.message.envelope.id), "duplicate delivery");
+            assert!(got.insert(d.message.id()), "duplicate delivery");
             ack(d).await;
         }
         assert_eq!(got, sent, "every consumer name gets every message");
@@ -320,7 +320,7 @@ pub async fn consumer_group(t: TestBus) {
     let mut sent = HashSet::new();
     for n in 0..N {
         let m = message(&topic, &format!("key-{n}"), n);
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         publish(bus, m).await;
     }
     let mut got = HashSet::new();
@@ -336,7 +336,7 @@ pub async fn consumer_group(t: TestBus) {
         };
         let d = d.unwrap_or_else(|e| panic!("next failed: {e}"));
         assert!(
-            got.insert(d.message.envelope.id),
+            got.insert(d.message.id()),
             "a group member got a message twice"
         );
         per_member[member] += 1;
@@ -349,7 +349,7 @@ pub async fn consumer_group(t: TestBus) {
     );
     for sub in [&mut a, &mut b] {
         if let Some(d) = quiet(sub).await {
-            panic!("{} was delivered again to the group", d.message.envelope.id);
+            panic!("{} was delivered again to the group", d.message.id());
         }
     }
 }
@@ -395,7 +395,7 @@ const PROBE: u64 = u64::MAX - 1;
 #[async_trait]
 impl Handler for Failing {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
-        if message.envelope.data["n"].as_u64() == Some(PROBE) {
+        if message.envelope().data["n"].as_u64() == Some(PROBE) {
             self.probed.notify_one();
             return Ok(());
         }
@@ -470,14 +470,14 @@ pub async fn dead_letter_after_three_attempts(t: TestBus) {
 
     let d = next(&mut watcher).await;
     assert_eq!(d.message.topic, dlq);
-    let e = &d.message.envelope;
+    let e = &d.message.envelope();
     assert_eq!(e.ty, DEAD_LETTER_TYPE);
-    assert_eq!(e.tenant, sent.envelope.tenant);
-    assert_eq!(e.subject, sent.envelope.subject);
+    assert_eq!(e.tenant, sent.tenant());
+    assert_eq!(e.subject, sent.envelope().subject);
     assert_eq!(e.data["attempts"], 3);
     assert_eq!(e.data["consumer"], "doomed");
     assert_eq!(e.data["original_topic"], topic.as_str());
-    assert_eq!(e.data["original"]["id"], sent.envelope.id.to_string());
+    assert_eq!(e.data["original"]["id"], sent.id().to_string());
     assert!(
         e.data["reason"]
             .as_str()
@@ -497,7 +497,7 @@ pub async fn dead_letter_after_three_attempts(t: TestBus) {
     let recorded = sink.0.lock().expect("not poisoned").clone();
     assert_eq!(recorded.len(), 1, "the sink records the dead letter once");
     assert_eq!(recorded[0], from_topic);
-    assert_eq!(recorded[0].original.envelope.id, sent.envelope.id);
+    assert_eq!(recorded[0].original.id(), sent.id());
     assert_eq!(recorded[0].attempts, 3);
     assert_eq!(handler.calls.load(Ordering::SeqCst), 3, "three attempts");
 }
@@ -603,20 +603,20 @@ pub async fn durable_resume(t: TestBus) {
     let mut sent = Vec::new();
     for n in 0..10 {
         let m = message(&topic, "k", n);
-        sent.push(m.envelope.id);
+        sent.push(m.id());
         publish(bus.as_ref(), m).await;
     }
     let mut acked = HashSet::new();
     for _ in 0..5 {
         let d = next(&mut sub).await;
-        acked.insert(d.message.envelope.id);
+        acked.insert(d.message.id());
         ack(d).await;
     }
     drop(sub);
     // Published while the consumer is away: a durable consumer must still get these.
     for n in 10..15 {
         let m = message(&topic, "k", n);
-        sent.push(m.envelope.id);
+        sent.push(m.id());
         publish(bus.as_ref(), m).await;
     }
     drop(bus);
@@ -631,7 +631,7 @@ pub async fn durable_resume(t: TestBus) {
     let mut got = HashSet::new();
     while got.len() < missing.len() {
         let d = next(&mut sub).await;
-        let id = d.message.envelope.id;
+        let id = d.message.id();
         assert!(
             !acked.contains(&id),
             "an acknowledged message came back: {id}"
@@ -645,7 +645,7 @@ pub async fn durable_resume(t: TestBus) {
     );
     let stray = drain_until_marker(bus.as_ref(), &mut sub, &topic, "k").await;
     assert!(
-        stray.iter().all(|m| !acked.contains(&m.envelope.id)),
+        stray.iter().all(|m| !acked.contains(&m.id())),
         "an acknowledged message came back: {stray:?}"
     );
 }
@@ -758,7 +758,7 @@ pub async fn broker_restart(t: TestBus) {
     let mut sent = HashSet::new();
     for n in 0..10 {
         let m = message(&topic, "k", n);
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         publish_through_outage(bus, m).await;
     }
     timeout(Duration::from_secs(60), restart())
@@ -766,7 +766,7 @@ pub async fn broker_restart(t: TestBus) {
         .expect("the broker restart hung");
     for n in 10..20 {
         let m = message(&topic, "k", n);
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         publish_through_outage(bus, m).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -780,7 +780,7 @@ pub async fn broker_restart(t: TestBus) {
         );
         match timeout(WAIT, sub.next()).await {
             Ok(Ok(d)) => {
-                let id = d.message.envelope.id;
+                let id = d.message.id();
                 assert!(sent.contains(&id));
                 assert!(
                     !acked.contains(&id),
@@ -856,8 +856,9 @@ pub async fn payload_too_large_refused(t: TestBus) {
         SubscribeOptions::ephemeral("small"),
     )
     .await;
-    let mut big = message(&topic, "k", 0);
-    big.envelope.data = json!({ "blob": "x".repeat(MAX_PAYLOAD_BYTES) });
+    let mut big = message(&topic, "k", 0).into_envelope();
+    big.data = json!({ "blob": "x".repeat(MAX_PAYLOAD_BYTES) });
+    let big = Message::new(topic.clone(), big);
     let result = timeout(WAIT, bus.publish(big)).await.expect("publish hung");
     match result {
         Err(BusError::PayloadTooLarge { size, limit }) => {
@@ -867,8 +868,9 @@ pub async fn payload_too_large_refused(t: TestBus) {
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
     // Escaping can make a short string long: 200,000 control characters are 1.2 MB of JSON.
-    let mut escaped = message(&topic, "k", 0);
-    escaped.envelope.data = json!({ "blob": "\u{1}".repeat(MAX_PAYLOAD_BYTES / 5) });
+    let mut escaped = message(&topic, "k", 0).into_envelope();
+    escaped.data = json!({ "blob": "\u{1}".repeat(MAX_PAYLOAD_BYTES / 5) });
+    let escaped = Message::new(topic.clone(), escaped);
     let result = timeout(WAIT, bus.publish(escaped))
         .await
         .expect("publish hung");
@@ -911,10 +913,10 @@ pub async fn publish_batch_reports_each(t: TestBus) {
     let mut got = HashSet::new();
     for _ in 0..2 {
         let d = next(&mut sub).await;
-        got.insert(d.message.envelope.id);
+        got.insert(d.message.id());
         ack(d).await;
     }
-    assert_eq!(got, HashSet::from([first.envelope.id, last.envelope.id]));
+    assert_eq!(got, HashSet::from([first.id(), last.id()]));
     let stray = drain_until_marker(bus, &mut sub, &topic, "k").await;
     assert!(stray.is_empty(), "unexpected deliveries: {stray:?}");
 }

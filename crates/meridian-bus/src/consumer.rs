@@ -136,10 +136,10 @@ impl DeadLetter {
             ),
             ty: DEAD_LETTER_TYPE.to_owned(),
             time: self.failed_at,
-            subject: original.envelope.subject.clone(),
+            subject: original.envelope().subject.clone(),
             datacontenttype: "application/json".to_owned(),
-            tenant: original.envelope.tenant,
-            traceparent: original.envelope.traceparent.clone(),
+            tenant: original.tenant(),
+            traceparent: original.envelope().traceparent.clone(),
             schemaversion: "1".to_owned(),
             data: json!({
                 "reason": self.reason,
@@ -147,7 +147,7 @@ impl DeadLetter {
                 "consumer": self.consumer,
                 "failed_at": self.failed_at,
                 "original_topic": original.topic,
-                "original": original.envelope,
+                "original": original.envelope(),
             }),
         };
         Message::new(original.topic.dead_letter(), envelope)
@@ -159,10 +159,11 @@ impl DeadLetter {
         let bad = |what: &str| {
             BusError::Internal(format!(
                 "message {} on {} is not a dead letter: {what}",
-                message.envelope.id, message.topic
+                message.id(),
+                message.topic
             ))
         };
-        let e = &message.envelope;
+        let e = message.envelope();
         if e.ty != DEAD_LETTER_TYPE {
             return Err(bad("wrong type"));
         }
@@ -486,7 +487,7 @@ fn span_for(delivery: &Delivery, consumer: &str) -> tracing::Span {
         topic = %delivery.message.topic,
         consumer = %consumer,
         attempt = delivery.attempt,
-        event.id = %delivery.message.envelope.id,
+        event.id = %delivery.message.id(),
     )
 }
 
@@ -539,7 +540,7 @@ impl Step<'_> {
     async fn finish(&self, delivery: Delivery, result: Result<(), HandlerError>, started: Instant) {
         let span = span_for(&delivery, self.consumer);
         let m = &self.meters;
-        let event_time = delivery.message.envelope.time;
+        let event_time = delivery.message.time();
         let outcome = self.settle(delivery, result).instrument(span.clone()).await;
         m.in_flight.decrement(1.0);
         m.handler.record(started.elapsed().as_secs_f64());
@@ -638,13 +639,13 @@ mod tests {
         let dead = DeadLetter::new(original.clone(), "boom".into(), 3, "projector".into());
         let m = dead.to_message();
         assert_eq!(m.topic, topic.dead_letter());
-        assert_eq!(m.envelope.ty, DEAD_LETTER_TYPE);
-        assert_eq!(m.envelope.tenant, original.envelope.tenant);
-        assert_eq!(m.envelope.subject, "order-1");
-        assert_eq!(m.envelope.data["reason"], "boom");
-        assert_eq!(m.envelope.data["attempts"], 3);
+        assert_eq!(m.envelope().ty, DEAD_LETTER_TYPE);
+        assert_eq!(m.tenant(), original.tenant());
+        assert_eq!(m.envelope().subject, "order-1");
+        assert_eq!(m.envelope().data["reason"], "boom");
+        assert_eq!(m.envelope().data["attempts"], 3);
         assert_eq!(
-            m.envelope.data["original_topic"],
+            m.envelope().data["original_topic"],
             "deployment.d.platform.oms.order.created"
         );
         assert_eq!(DeadLetter::from_message(&m).unwrap(), dead);

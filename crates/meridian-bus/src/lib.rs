@@ -52,6 +52,7 @@ pub mod conformance;
 pub mod consumer;
 mod error;
 mod memory;
+mod message;
 mod metered;
 mod pattern;
 mod port;
@@ -60,10 +61,11 @@ mod retry;
 pub use consumer::{BatchHandler, DeadLetter, DeadLetterSink, Handler, HandlerError, NoopSink};
 pub use error::BusError;
 pub use memory::{MemoryBus, MemoryBusConfig};
+pub use message::Message;
 pub use metered::MeteredBus;
 pub use pattern::{DomainReach, TopicPattern, deployment_and_domain, domain_reach};
 pub use port::{
-    AckHandle, Bus, Capabilities, Delivery, MAX_PAYLOAD_BYTES, Message, StartAt, SubscribeOptions,
+    AckHandle, Bus, Capabilities, Delivery, MAX_PAYLOAD_BYTES, StartAt, SubscribeOptions,
     Subscription,
 };
 pub use retry::RetryPolicy;

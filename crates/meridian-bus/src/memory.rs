@@ -13,25 +13,30 @@
 //!   batch rather than once per message, and a publisher wakes the consumer only when it is
 //!   parked. An idle consumer can spin briefly before parking ([`MemoryBusConfig::spin`]),
 //!   since a wake-up costs more than many messages.
+//! - A [`Message`] is one reference-counted buffer (the encoded envelope), so handing it
+//!   over, copying it for another group or for redelivery, and freeing it on the consumer's
+//!   core are reference-count updates, not one allocation per envelope field.
 //! - `next_batch` hands over up to `max` messages from the swapped-out queue in one call,
-//!   counting them in flight with one atomic add, and `Delivery::ack_all` settles them in
-//!   place (`AckHandle::ack_now`), so a batch costs no future per message.
+//!   counting them in flight with one atomic add. A delivery carries its member and a
+//!   sequence number ([`MemoryAck`], no box), and `Delivery::ack_all` settles a run of
+//!   consecutive sequences with one lock of the tracked copies and one in-flight update, so
+//!   a batch costs no future and no allocation per message.
+//! - The copies kept for redelivery (`track_unacked`) sit in a queue by sequence number
+//!   ([`Tracked`]) behind their own lock, which publishers never take.
 //! - Which groups a topic reaches is computed once per topic and cached; a new or removed
 //!   group clears the cache. Only valid topics enter the cache, so a hit also means the
 //!   topic was validated.
-//! - Payload size is checked with an upper bound of the envelope's JSON length that needs no
-//!   serialization (see [`json_len_bound`]); only an envelope whose bound exceeds the limit
-//!   is measured exactly.
+//! - Payload size is the length of the message's encoded envelope.
 //!
-//! Redelivery: a nack hands the message back ([`AckHandle::nack_with`]), so nacks never need
-//! a copy. Redelivering a delivery that is *abandoned* (dropped unsettled, left unacked past
+//! Redelivery: a nack hands the message back (`Delivery::nack`), so nacks never need a
+//! copy. Redelivering a delivery that is *abandoned* (dropped unsettled, left unacked past
 //! `ack_wait`, or held by a subscription that is dropped) needs a copy of the message taken
 //! at delivery; [`MemoryBusConfig::track_unacked`] (on by default) keeps one. Turning it off
 //! saves a clone per delivery for consumers that always settle, such as [`crate::consumer`]
 //! (which turns handler panics into nacks); an abandoned delivery is then lost, with a
 //! warning.
 //!
-//! Lock order: registry → routes → group → member queue.
+//! Lock order: registry → routes → group → member queue → member's tracked copies.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future as _;
@@ -43,14 +48,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use meridian_core::{Envelope, Topic, valid_segment};
+use meridian_core::{Topic, valid_segment};
 use parking_lot::{Mutex, RwLock};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use crate::{
-    AckHandle, Bus, BusError, Capabilities, Delivery, MAX_PAYLOAD_BYTES, Message, StartAt,
-    SubscribeOptions, Subscription, TopicPattern,
+    Bus, BusError, Capabilities, Delivery, MAX_PAYLOAD_BYTES, Message, StartAt, SubscribeOptions,
+    Subscription, TopicPattern,
 };
 
 const NAME: &str = "memory";
@@ -206,6 +211,9 @@ struct Member {
     in_flight: AtomicUsize,
     /// The consumer is parked until an ack frees a slot (acks do not take the lock).
     awaiting_credit: AtomicBool,
+    /// Copies of delivered messages (with `track_unacked`). Behind its own lock, which
+    /// only the consumer's side takes, so settling never contends with publishers.
+    tracked: Mutex<Tracked>,
     /// Bumped by every push, so an idle consumer can spin on it without the lock.
     pushes: AtomicU64,
     track_unacked: bool,
@@ -217,8 +225,6 @@ struct MemberQueue {
     ready: VecDeque<Batch>,
     /// Nacked messages, due at a time.
     delayed: BinaryHeap<Delayed>,
-    /// Copies of delivered messages, by delivery sequence (with `track_unacked`).
-    unacked: HashMap<u64, Unacked>,
     waker: Option<Waker>,
     /// The subscription is gone: settling goes back to the group.
     closed: bool,
@@ -251,6 +257,65 @@ struct Unacked {
     message: Message,
     attempt: u32,
     deadline: Instant,
+}
+
+/// Copies of delivered messages by delivery sequence. A subscription numbers its
+/// deliveries in order and gives each the same ack wait, so the copies form a queue: the
+/// oldest one left is the first to expire, and settling is an index, not a hash lookup.
+#[derive(Default)]
+struct Tracked {
+    /// The sequence of `slots[0]`.
+    first: u64,
+    /// `None` where the delivery was settled but an older one was not.
+    slots: VecDeque<Option<Unacked>>,
+}
+
+impl Tracked {
+    fn insert(&mut self, seq: u64, copy: Unacked) {
+        if self.slots.is_empty() {
+            self.first = seq;
+        }
+        // Sequences come in order; a gap would only mean a sequence that was never tracked.
+        while self.first + (self.slots.len() as u64) < seq {
+            self.slots.push_back(None);
+        }
+        self.slots.push_back(Some(copy));
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Unacked> {
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        let copy = self.slots.get_mut(i)?.take()?;
+        self.trim();
+        Some(copy)
+    }
+
+    fn trim(&mut self) {
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+    }
+
+    /// When the oldest tracked delivery's ack wait ends.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots.front()?.as_ref().map(|u| u.deadline)
+    }
+
+    /// Takes the oldest tracked delivery if its ack wait ended by `now`.
+    fn pop_expired(&mut self, now: Instant) -> Option<Unacked> {
+        if self.next_deadline()? > now {
+            return None;
+        }
+        let copy = self.slots.pop_front().flatten();
+        self.first += 1;
+        self.trim();
+        copy
+    }
+
+    /// Every copy, oldest first.
+    fn take_all(&mut self) -> impl Iterator<Item = Unacked> {
+        std::mem::take(&mut self.slots).into_iter().flatten()
+    }
 }
 
 impl MemoryBus {
@@ -331,7 +396,7 @@ impl Inner {
         let route = self.route(&first.topic).ok()?;
         messages
             .iter()
-            .all(|m| m.topic == first.topic && check_size(&m.envelope).is_ok())
+            .all(|m| m.topic == first.topic && check_size(m).is_ok())
             .then_some(route)
     }
 
@@ -453,7 +518,15 @@ impl Member {
 
     /// Frees one delivery's slot and wakes a consumer waiting for one.
     fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.release_many(1);
+    }
+
+    /// Frees `n` slots with one update and wakes a consumer waiting for one.
+    fn release_many(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.in_flight.fetch_sub(n, Ordering::SeqCst);
         // A plain load first: the swap (a locked instruction) only when someone waits.
         if self.awaiting_credit.load(Ordering::SeqCst)
             && self.awaiting_credit.swap(false, Ordering::SeqCst)
@@ -470,11 +543,26 @@ impl Member {
             self.release();
             return None;
         }
-        let copy = self.queue.lock().unacked.remove(&seq);
+        let copy = self.tracked.lock().remove(seq);
         if copy.is_some() {
             self.release();
         }
         copy
+    }
+
+    /// Settles deliveries `seqs` (acknowledged together) with one lock and one in-flight
+    /// update; the copies are dropped after the lock is released.
+    fn settle_range(&self, seqs: std::ops::Range<u64>) {
+        if !self.track_unacked {
+            self.release_many((seqs.end - seqs.start) as usize);
+            return;
+        }
+        let mut copies = Vec::new();
+        {
+            let mut tracked = self.tracked.lock();
+            copies.extend(seqs.filter_map(|seq| tracked.remove(seq)));
+        }
+        self.release_many(copies.len());
     }
 
     /// Redelivers `pending`, after `delay` if given: to this member while it is
@@ -502,50 +590,24 @@ impl Member {
     }
 }
 
-/// Settles one delivery of the memory bus.
-struct MemoryAck {
+/// Settles one delivery of the memory bus: the member that delivered it and its
+/// sequence number, carried in the [`Delivery`] itself (no allocation per delivery).
+pub(crate) struct MemoryAck {
     member: Arc<Member>,
     seq: u64,
     attempt: u32,
     settled: bool,
 }
 
-#[async_trait]
-impl AckHandle for MemoryAck {
-    async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
-        // The copy is dropped outside the queue's lock.
-        self.ack_in_place();
-        Ok(())
-    }
-
-    fn ack_now(&mut self) -> Option<Result<(), BusError>> {
-        if self.settled {
-            return Some(Ok(()));
-        }
-        self.ack_in_place();
-        Some(Ok(()))
-    }
-
-    async fn nack(mut self: Box<Self>, delay: Duration) -> Result<(), BusError> {
+impl MemoryAck {
+    /// Acknowledges; the tracked copy is dropped outside the lock.
+    pub(crate) fn ack(&mut self) {
         self.settled = true;
-        match self.member.settle(self.seq) {
-            Some(u) => {
-                self.redeliver(u.message, Some(delay));
-                Ok(())
-            }
-            None if self.member.track_unacked => Ok(()), // already redelivered
-            None => Err(BusError::Internal(
-                "the memory bus keeps no copy of this delivery; nack it through Delivery::nack"
-                    .into(),
-            )),
-        }
+        drop(self.member.settle(self.seq));
     }
 
-    async fn nack_with(
-        mut self: Box<Self>,
-        message: Message,
-        delay: Duration,
-    ) -> Result<(), BusError> {
+    /// Redelivers `message` after `delay`, with the attempt count raised.
+    pub(crate) fn nack_with(&mut self, message: Message, delay: Duration) {
         self.settled = true;
         let copy = self.member.settle(self.seq);
         // With tracking, no copy means the ack wait expired and the message was already
@@ -554,15 +616,6 @@ impl AckHandle for MemoryAck {
             drop(copy);
             self.redeliver(message, Some(delay));
         }
-        Ok(())
-    }
-}
-
-impl MemoryAck {
-    /// Settled in place by [`Delivery::ack_all`]: the same as `ack`, without its future.
-    fn ack_in_place(&mut self) {
-        self.settled = true;
-        drop(self.member.settle(self.seq));
     }
 
     fn redeliver(&self, message: Message, delay: Option<Duration>) {
@@ -592,6 +645,46 @@ impl Drop for MemoryAck {
             // Already redelivered after its ack wait.
             None => {}
         }
+    }
+}
+
+/// Acknowledgements collected by [`Delivery::ack_all`]: consecutive deliveries of one
+/// subscription are settled together ([`Member::settle_range`]) when the run breaks, ends
+/// or is dropped.
+#[derive(Default)]
+pub(crate) struct AckRun {
+    member: Option<Arc<Member>>,
+    seqs: std::ops::Range<u64>,
+}
+
+impl AckRun {
+    pub(crate) fn push(&mut self, mut ack: MemoryAck) {
+        ack.settled = true;
+        let continues = self.seqs.end == ack.seq
+            && self
+                .member
+                .as_ref()
+                .is_some_and(|m| Arc::ptr_eq(m, &ack.member));
+        if continues {
+            self.seqs.end += 1;
+            return;
+        }
+        self.finish();
+        self.seqs = ack.seq..ack.seq + 1;
+        self.member = Some(ack.member.clone());
+    }
+
+    /// Settles the run collected so far.
+    pub(crate) fn finish(&mut self) {
+        if let Some(member) = self.member.take() {
+            member.settle_range(std::mem::take(&mut self.seqs));
+        }
+    }
+}
+
+impl Drop for AckRun {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -634,22 +727,22 @@ impl MemorySubscription {
         let room = self.max_in_flight.saturating_sub(in_flight).max(1);
         let max = max.clamp(1, room);
         let mut out = Vec::with_capacity(max.min(self.local_len_hint() + 1));
-        let deadline = self
-            .member
+        let member = self.member.clone();
+        // Only this subscription and settling take this lock, never a publisher.
+        let mut tracked = member
             .track_unacked
-            .then(|| Instant::now() + self.member.ack_wait);
-        let mut copies = Vec::new();
+            .then(|| (member.tracked.lock(), Instant::now() + member.ack_wait));
         let mut next = Some(first);
         while let Some(p) = next {
             self.next_seq += 1;
             let seq = self.next_seq;
-            if let Some(deadline) = deadline {
+            if let Some((tracked, deadline)) = &mut tracked {
                 let copy = Unacked {
                     message: p.message.clone(),
                     attempt: p.attempt,
-                    deadline,
+                    deadline: *deadline,
                 };
-                copies.push((seq, copy));
+                tracked.insert(seq, copy);
             }
             let ack = MemoryAck {
                 member: self.member.clone(),
@@ -657,19 +750,17 @@ impl MemorySubscription {
                 attempt: p.attempt,
                 settled: false,
             };
-            out.push(Delivery::new(p.message, p.attempt, None, Box::new(ack)));
+            out.push(Delivery::memory(p.message, p.attempt, ack));
             next = if out.len() < max {
                 self.pop_local()
             } else {
                 None
             };
         }
+        drop(tracked);
         // Counted once for the whole batch; nothing can settle these before they are
         // returned.
         self.member.in_flight.fetch_add(out.len(), Ordering::SeqCst);
-        if !copies.is_empty() {
-            self.member.queue.lock().unacked.extend(copies);
-        }
         Poll::Ready(Ok(out))
     }
 
@@ -690,9 +781,9 @@ impl MemorySubscription {
                 // check again: an ack may have landed in between.
                 let deadline = {
                     let mut q = self.member.queue.lock();
-                    self.reap_expired(&mut q, Instant::now());
+                    let next_expiry = self.reap_expired(&mut q, Instant::now());
                     q.waker = Some(cx.waker().clone());
-                    q.unacked.values().map(|u| u.deadline).min()
+                    next_expiry
                 };
                 self.member.awaiting_credit.store(true, Ordering::SeqCst);
                 if self.member.in_flight.load(Ordering::SeqCst) >= self.max_in_flight {
@@ -715,7 +806,7 @@ impl MemorySubscription {
                         q.ready.push_back(Batch::one(d.pending));
                     }
                 }
-                self.reap_expired(&mut q, now);
+                let next_expiry = self.reap_expired(&mut q, now);
                 self.seen_pushes = self.member.pushes.load(Ordering::Acquire);
                 if !q.ready.is_empty() {
                     // One swap takes the whole batch; `local` is empty here.
@@ -724,7 +815,6 @@ impl MemorySubscription {
                 }
                 q.waker = Some(cx.waker().clone());
                 let next_delayed = q.delayed.peek().map(|d| d.due);
-                let next_expiry = q.unacked.values().map(|u| u.deadline).min();
                 match (next_delayed, next_expiry) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -765,28 +855,22 @@ impl MemorySubscription {
     }
 
     /// Moves tracked deliveries whose ack wait has passed back to the ready queue, freeing
-    /// their slots; a late ack of one finds no copy and changes nothing.
-    fn reap_expired(&self, q: &mut MemberQueue, now: Instant) {
-        if q.unacked.is_empty() {
-            return;
+    /// their slots; a late ack of one finds no copy and changes nothing. Returns when the
+    /// next tracked delivery's ack wait ends.
+    fn reap_expired(&self, q: &mut MemberQueue, now: Instant) -> Option<Instant> {
+        if !self.member.track_unacked {
+            return None;
         }
-        let mut expired: Vec<u64> = q
-            .unacked
-            .iter()
-            .filter(|(_, u)| u.deadline <= now)
-            .map(|(&seq, _)| seq)
-            .collect();
-        expired.sort_unstable();
-        for seq in expired {
-            if let Some(u) = q.unacked.remove(&seq) {
-                self.member.in_flight.fetch_sub(1, Ordering::SeqCst);
-                debug!(topic = %u.message.topic, attempt = u.attempt, "ack wait expired; redelivering");
-                q.ready.push_back(Batch::one(Pending {
-                    message: u.message,
-                    attempt: u.attempt + 1,
-                }));
-            }
+        let mut tracked = self.member.tracked.lock();
+        while let Some(u) = tracked.pop_expired(now) {
+            self.member.in_flight.fetch_sub(1, Ordering::SeqCst);
+            debug!(topic = %u.message.topic, attempt = u.attempt, "ack wait expired; redelivering");
+            q.ready.push_back(Batch::one(Pending {
+                message: u.message,
+                attempt: u.attempt + 1,
+            }));
         }
+        tracked.next_deadline()
     }
 
     /// Returns `Pending`, arming the timer for `deadline` (a nack's due time or an ack
@@ -824,7 +908,7 @@ impl MemorySubscription {
                 attempt: p.attempt,
                 deadline: Instant::now() + self.member.ack_wait,
             };
-            self.member.queue.lock().unacked.insert(seq, copy);
+            self.member.tracked.lock().insert(seq, copy);
         }
         let ack = MemoryAck {
             member: self.member.clone(),
@@ -832,7 +916,7 @@ impl MemorySubscription {
             attempt: p.attempt,
             settled: false,
         };
-        Delivery::new(p.message, p.attempt, None, Box::new(ack))
+        Delivery::memory(p.message, p.attempt, ack)
     }
 }
 
@@ -884,10 +968,11 @@ impl Drop for MemorySubscription {
             let mut q = self.member.queue.lock();
             q.closed = true;
             q.waker = None;
+            let unacked: Vec<Unacked> = self.member.tracked.lock().take_all().collect();
             (
                 std::mem::take(&mut q.ready),
                 std::mem::take(&mut q.delayed),
-                std::mem::take(&mut q.unacked),
+                unacked,
             )
         };
         for p in self.local.drain(..).chain(ready).flatten() {
@@ -896,9 +981,7 @@ impl Drop for MemorySubscription {
         for d in delayed.into_vec() {
             group.push_locked(&mut state, d.pending, Some(d.due));
         }
-        let mut unacked: Vec<(u64, Unacked)> = unacked.into_iter().collect();
-        unacked.sort_by_key(|(seq, _)| *seq);
-        for (_, u) in unacked {
+        for u in unacked {
             let pending = Pending {
                 message: u.message,
                 attempt: u.attempt + 1,
@@ -934,7 +1017,7 @@ impl Bus for MemoryBus {
         let inner = &*self.inner;
         inner.check_open()?;
         let route = inner.route(&message.topic)?;
-        check_size(&message.envelope)?;
+        check_size(&message)?;
         inner.deliver_one(&route, message);
         Ok(())
     }
@@ -960,7 +1043,7 @@ impl Bus for MemoryBus {
                     Some(_) if same_topic => None,
                     _ => Some(inner.route(&message.topic)?),
                 };
-                check_size(&message.envelope)?;
+                check_size(&message)?;
                 Ok(route)
             });
             match checked {
@@ -1029,6 +1112,7 @@ impl Bus for MemoryBus {
                 queue: Mutex::new(MemberQueue::default()),
                 in_flight: AtomicUsize::new(0),
                 awaiting_credit: AtomicBool::new(false),
+                tracked: Mutex::new(Tracked::default()),
                 pushes: AtomicU64::new(0),
                 track_unacked: inner.config.track_unacked,
                 ack_wait: options.ack_wait,
@@ -1064,157 +1148,71 @@ impl Bus for MemoryBus {
     }
 }
 
-/// Refuses an envelope whose JSON would exceed [`MAX_PAYLOAD_BYTES`]. The cheap bound
-/// settles almost every message; only a large one is measured exactly, by serializing it
-/// into a byte counter.
-fn check_size(envelope: &Envelope) -> Result<(), BusError> {
-    if json_len_bound(envelope) <= MAX_PAYLOAD_BYTES {
-        return Ok(());
-    }
-    let mut counter = ByteCounter(0);
-    serde_json::to_writer(&mut counter, envelope).map_err(|e| BusError::Internal(e.to_string()))?;
-    if counter.0 > MAX_PAYLOAD_BYTES {
+/// Refuses a message whose encoded envelope exceeds [`MAX_PAYLOAD_BYTES`]: a length
+/// check, since the message carries its encoding.
+fn check_size(message: &Message) -> Result<(), BusError> {
+    let size = message.as_bytes().len();
+    if size > MAX_PAYLOAD_BYTES {
         return Err(BusError::PayloadTooLarge {
-            size: counter.0,
+            size,
             limit: MAX_PAYLOAD_BYTES,
         });
     }
     Ok(())
 }
 
-struct ByteCounter(usize);
-
-impl std::io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl std::fmt::Write for ByteCounter {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0 += s.len();
-        Ok(())
-    }
-}
-
-/// An upper bound of the length of `serde_json::to_vec(envelope)`, without serializing.
-///
-/// Why it is a bound: serde_json writes a string's bytes unchanged except for escapes, and
-/// the longest escape (`\u00XX`, for control characters) is 6 bytes for 1 input byte, so a
-/// string takes at most `2 + 6 * len` bytes. Ids are 36-character UUIDs, a timestamp in
-/// RFC 3339 is under 40 characters, numbers are measured exactly through their `Display`
-/// (the same digits serde_json writes), and the fixed field names and punctuation fit in
-/// [`ENVELOPE_OVERHEAD`]. The unit tests check the bound against real serialization.
-fn json_len_bound(e: &Envelope) -> usize {
-    const UUID: usize = 38;
-    const TIME: usize = 48;
-    ENVELOPE_OVERHEAD
-        + str_bound(&e.specversion)
-        + UUID
-        + str_bound(&e.source)
-        + str_bound(&e.ty)
-        + TIME
-        + str_bound(&e.subject)
-        + str_bound(&e.datacontenttype)
-        + UUID
-        + e.traceparent.as_deref().map_or(0, str_bound)
-        + str_bound(&e.schemaversion)
-        + value_bound(&e.data)
-}
-
-/// Field names, quotes, colons, commas and braces of an envelope, with room to spare.
-const ENVELOPE_OVERHEAD: usize = 256;
-
-fn digits(u: u64) -> usize {
-    u.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-fn str_bound(s: &str) -> usize {
-    2 + 6 * s.len()
-}
-
-fn value_bound(v: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    match v {
-        Value::Null => 4,
-        Value::Bool(_) => 5,
-        // Integers (the common case) by their digits; anything else through `Display`.
-        Value::Number(n) if n.is_u64() => n.as_u64().map_or(20, digits),
-        Value::Number(n) if n.is_i64() => n.as_i64().map_or(20, |i| 1 + digits(i.unsigned_abs())),
-        Value::Number(n) => {
-            use std::fmt::Write as _;
-            let mut c = ByteCounter(0);
-            // Writing to a counter cannot fail; the fallback bound is never used.
-            match write!(c, "{n}") {
-                Ok(()) => c.0,
-                Err(_) => 64,
-            }
-        }
-        Value::String(s) => str_bound(s),
-        Value::Array(items) => 2 + items.iter().map(|i| value_bound(i) + 1).sum::<usize>(),
-        Value::Object(map) => {
-            2 + map
-                .iter()
-                .map(|(k, v)| str_bound(k) + 1 + value_bound(v) + 1)
-                .sum::<usize>()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_core::TenantId;
-    use serde_json::json;
+    use meridian_core::{Envelope, TenantId};
 
-    fn envelope(data: serde_json::Value) -> Envelope {
-        let mut e = Envelope::new(
+    fn copy(n: u64, deadline: Instant) -> Unacked {
+        let envelope = Envelope::new(
             "/meridian/d/oms",
             "meridian.oms.order.created",
             TenantId::new(),
-            "order-\"1\"\n",
+            format!("order-{n}"),
             meridian_core::now(),
-            data,
+            serde_json::json!({ "n": n }),
         );
-        e.traceparent = Some("00-abc-def-01".into());
-        e
-    }
-
-    #[test]
-    fn the_size_bound_is_never_below_the_real_size() {
-        let cases = [
-            json!(null),
-            json!({}),
-            json!({"n": u64::MAX, "m": i64::MIN, "f": -2.2250738585072014e-308_f64, "z": 0, "t": 10, "neg": -1}),
-            json!({"s": "\u{1}\u{2}\"\\\n\t", "é": "ü😀", "nested": [[[]], {"a": [1, 2.5, true, null]}]}),
-            json!(["\u{1f}".repeat(1000)]),
-        ];
-        for data in cases {
-            let e = envelope(data);
-            let real = serde_json::to_vec(&e).unwrap().len();
-            let bound = json_len_bound(&e);
-            assert!(bound >= real, "bound {bound} < real {real} for {e:?}");
+        Unacked {
+            message: Message::new(Topic::platform("d", "oms", "order.created"), envelope),
+            attempt: 1,
+            deadline,
         }
     }
 
+    fn keys(copies: impl IntoIterator<Item = Unacked>) -> Vec<String> {
+        copies
+            .into_iter()
+            .map(|u| u.message.key().to_owned())
+            .collect()
+    }
+
     #[test]
-    fn only_oversized_envelopes_are_refused() {
-        assert!(check_size(&envelope(json!({"a": "x".repeat(1000)}))).is_ok());
-        // Over the bound but under the limit: measured exactly, accepted.
-        let near = envelope(json!({"a": "x".repeat(MAX_PAYLOAD_BYTES - 1000)}));
-        assert!(json_len_bound(&near) > MAX_PAYLOAD_BYTES);
-        assert!(check_size(&near).is_ok());
-        let over = envelope(json!({"a": "x".repeat(MAX_PAYLOAD_BYTES)}));
-        match check_size(&over) {
-            Err(BusError::PayloadTooLarge { size, limit }) => {
-                assert_eq!(size, serde_json::to_vec(&over).unwrap().len());
-                assert_eq!(limit, MAX_PAYLOAD_BYTES);
-            }
-            other => panic!("{other:?}"),
+    fn tracked_copies_settle_by_sequence_and_expire_oldest_first() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut tracked = Tracked::default();
+        for seq in 1..=5 {
+            tracked.insert(seq, copy(seq, at(seq)));
         }
+        // Settling out of order leaves a hole; settling the oldest moves the front.
+        assert_eq!(keys(tracked.remove(3)), ["order-3"]);
+        assert!(tracked.remove(3).is_none(), "settled twice");
+        assert_eq!(tracked.next_deadline(), Some(at(1)));
+        assert_eq!(keys(tracked.remove(1)), ["order-1"]);
+        assert_eq!(tracked.next_deadline(), Some(at(2)));
+        // Expiry takes the oldest copies whose deadline passed, skipping settled ones.
+        assert!(tracked.pop_expired(at(1)).is_none());
+        assert_eq!(keys(tracked.pop_expired(at(4))), ["order-2"]);
+        assert_eq!(keys(tracked.pop_expired(at(4))), ["order-4"]);
+        assert!(tracked.pop_expired(at(4)).is_none());
+        assert!(tracked.remove(2).is_none(), "expired copies are gone");
+        // A sequence below the window or never given out finds nothing.
+        assert!(tracked.remove(0).is_none() && tracked.remove(99).is_none());
+        tracked.insert(7, copy(7, at(7)));
+        assert_eq!(keys(tracked.take_all()), ["order-5", "order-7"]);
+        assert_eq!(tracked.next_deadline(), None);
     }
 }

@@ -1,53 +1,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use meridian_core::{Envelope, Timestamp, Topic};
+use meridian_core::Timestamp;
 
-use crate::{BusError, TopicPattern};
+use crate::memory::MemoryAck;
+use crate::{BusError, Message, TopicPattern};
 
 /// The largest serialized envelope a backend accepts, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
-
-/// A message on the bus: where it goes and the CloudEvents envelope it carries. The
-/// envelope's `subject` (the aggregate id) is the ordering key.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Message {
-    pub topic: Topic,
-    pub envelope: Envelope,
-}
-
-impl Message {
-    pub fn new(topic: Topic, envelope: Envelope) -> Self {
-        Self { topic, envelope }
-    }
-
-    /// The ordering key: messages with the same key on the same topic are delivered to a
-    /// consumer in publish order (where [`Capabilities::ordered_per_key`] holds).
-    pub fn key(&self) -> &str {
-        &self.envelope.subject
-    }
-
-    /// The wire form every backend stores: the envelope's JSON, refused above `limit`.
-    pub fn encode(&self, limit: usize) -> Result<Vec<u8>, BusError> {
-        let bytes =
-            serde_json::to_vec(&self.envelope).map_err(|e| BusError::Internal(e.to_string()))?;
-        if bytes.len() > limit {
-            return Err(BusError::PayloadTooLarge {
-                size: bytes.len(),
-                limit,
-            });
-        }
-        Ok(bytes)
-    }
-
-    /// The inverse of [`Message::encode`].
-    pub fn decode(topic: &str, bytes: &[u8]) -> Result<Message, BusError> {
-        let topic = Topic::parse(topic).map_err(BusError::InvalidTopic)?;
-        let envelope = serde_json::from_slice(bytes)
-            .map_err(|e| BusError::Internal(format!("undecodable message on {topic}: {e}")))?;
-        Ok(Message { topic, envelope })
-    }
-}
 
 /// What a backend guarantees. Callers and the conformance suite branch on these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +86,7 @@ pub trait AckHandle: Send + Sync {
     async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BusError>;
 
     /// As [`AckHandle::nack`], handing the delivered message back: a backend that keeps
-    /// no copy of delivered messages (the memory bus) redelivers this one. [`Delivery::nack`]
+    /// no copy of delivered messages can redeliver this one. [`Delivery::nack`]
     /// calls this; the default ignores the message and calls `nack`.
     async fn nack_with(self: Box<Self>, message: Message, delay: Duration) -> Result<(), BusError> {
         drop(message);
@@ -134,7 +94,7 @@ pub trait AckHandle: Send + Sync {
     }
 
     /// Acknowledges in place, without a future, where the backend can (an in-process
-    /// backend). `None` means it cannot: the delivery is still unsettled and the caller
+    /// backend; the memory bus settles its deliveries without a handle at all). `None` means it cannot: the delivery is still unsettled and the caller
     /// awaits [`AckHandle::ack`]. [`Delivery::ack_all`] tries this first; the default
     /// returns `None`.
     fn ack_now(&mut self) -> Option<Result<(), BusError>> {
@@ -149,14 +109,21 @@ pub struct Delivery {
     pub attempt: u32,
     /// The backend's position of the message, where it has one (for replay).
     pub position: Option<u64>,
-    handle: Box<dyn AckHandle>,
+    settle: Settle,
+}
+
+/// How a delivery is settled: through its backend's boxed [`AckHandle`], or, on the memory
+/// bus, by its member and sequence number, without an allocation per delivery.
+enum Settle {
+    Boxed(Box<dyn AckHandle>),
+    Memory(MemoryAck),
 }
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
             .field("topic", &self.message.topic)
-            .field("id", &self.message.envelope.id)
+            .field("id", &self.message.id())
             .field("attempt", &self.attempt)
             .field("position", &self.position)
             .finish()
@@ -174,32 +141,68 @@ impl Delivery {
             message,
             attempt,
             position,
-            handle,
+            settle: Settle::Boxed(handle),
+        }
+    }
+
+    /// A delivery of the memory bus.
+    pub(crate) fn memory(message: Message, attempt: u32, ack: MemoryAck) -> Self {
+        Self {
+            message,
+            attempt,
+            position: None,
+            settle: Settle::Memory(ack),
         }
     }
 
     /// Done: never deliver this message to this consumer again.
     pub async fn ack(self) -> Result<(), BusError> {
-        self.handle.ack().await
+        match self.settle {
+            Settle::Boxed(handle) => handle.ack().await,
+            Settle::Memory(mut ack) => {
+                drop(self.message);
+                ack.ack();
+                Ok(())
+            }
+        }
     }
 
     /// Not done: deliver it again after `delay`.
     pub async fn nack(self, delay: Duration) -> Result<(), BusError> {
-        self.handle.nack_with(self.message, delay).await
+        match self.settle {
+            Settle::Boxed(handle) => handle.nack_with(self.message, delay).await,
+            Settle::Memory(mut ack) => {
+                ack.nack_with(self.message, delay);
+                Ok(())
+            }
+        }
     }
 
     /// Acknowledges every delivery, in order, as [`Delivery::ack`] would, settling in place
     /// where the backend can ([`AckHandle::ack_now`]) so that a batch from
-    /// [`Subscription::next_batch`] costs no future per message. Stops at the first error;
-    /// the deliveries after it are dropped unsettled, which redelivers them as any abandoned
-    /// delivery is.
+    /// [`Subscription::next_batch`] costs no future per message; the memory bus settles a
+    /// run of one subscription's deliveries with one in-flight update. Stops at the first
+    /// error; the deliveries after it are dropped unsettled, which redelivers them as any
+    /// abandoned delivery is.
     pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BusError> {
-        for mut d in deliveries {
-            match d.handle.ack_now() {
-                Some(result) => result?,
-                None => d.ack().await?,
+        let mut run = crate::memory::AckRun::default();
+        for d in deliveries {
+            let Delivery {
+                message, settle, ..
+            } = d;
+            drop(message);
+            match settle {
+                Settle::Memory(ack) => run.push(ack),
+                Settle::Boxed(mut handle) => {
+                    run.finish();
+                    match handle.ack_now() {
+                        Some(result) => result?,
+                        None => handle.ack().await?,
+                    }
+                }
             }
         }
+        run.finish();
         Ok(())
     }
 }

@@ -1,11 +1,29 @@
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{EventId, TenantId, Timestamp};
 
 /// A topic name: `deployment.{deployment}.platform.{domain}.{event...}` (DESIGN.md §5).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Topic(String);
+///
+/// Shared, not copied: cloning a topic (once per message on the bus) is a reference-count
+/// increment. Serialized as the plain string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Topic(Arc<str>);
+
+impl Serialize for Topic {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Topic {
+    /// As before the topic was shared: the string as it is, not validated (callers that
+    /// take topics from outside use [`Topic::parse`]).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|s| Topic(s.into()))
+    }
+}
 
 impl Topic {
     /// Builds a platform topic. `domain` and each event segment must match `[a-z0-9_-]+`;
@@ -18,7 +36,7 @@ impl Topic {
                 .all(valid_segment),
             "invalid topic segment in {deployment}/{domain}/{event}"
         );
-        Topic(format!("deployment.{deployment}.platform.{domain}.{event}"))
+        Topic(format!("deployment.{deployment}.platform.{domain}.{event}").into())
     }
 
     /// Parses a full topic name: `deployment.{deployment}.platform.{domain}.{event...}`,
@@ -44,7 +62,7 @@ impl Topic {
                 "topic {s:?} has an invalid segment {bad:?}: use a-z, 0-9, '_' and '-'"
             ));
         }
-        Ok(Topic(s.to_owned()))
+        Ok(Topic(s.into()))
     }
 
     /// The longest topic name accepted, in bytes.
@@ -61,7 +79,7 @@ impl Topic {
 
     /// The dead-letter topic of this topic: `<topic>.dlq`.
     pub fn dead_letter(&self) -> Topic {
-        Topic(format!("{}.dlq", self.0))
+        Topic(format!("{}.dlq", self.0).into())
     }
 }
 

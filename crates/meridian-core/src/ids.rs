@@ -67,6 +67,10 @@ id_type!(
     UserId
 );
 id_type!(EventId);
+id_type!(
+    /// One parcel of an order: the units one warehouse ships (the fulfillment service).
+    ShipmentId
+);
 id_type!(LedgerEntryId);
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ mod sku;
 pub use envelope::{Envelope, EventSource, OutboxEvent, Topic, valid_segment};
 pub use error::{ErrorCode, FieldError, ValidationErrors};
 pub use ids::{
-    ApiKeyId, EventId, LedgerEntryId, OrderId, ProductId, TenantId, UserId, WarehouseId,
+    ApiKeyId, EventId, LedgerEntryId, OrderId, ProductId, ShipmentId, TenantId, UserId, WarehouseId,
 };
 pub use money::{Currency, Money};
 pub use sku::{MAX_ORDER_QUANTITY, Quantity, Sku, WarehouseCode};

@@ -51,7 +51,12 @@ impl Service {
             Some(Service::Catalog)
         } else if under("/v1/warehouses") || under("/v1/inventory") {
             Some(Service::Inventory)
-        } else if under("/v1/orders") || under("/v1/dead-letters") {
+        } else if under("/v1/orders")
+            || under("/v1/dead-letters")
+            || under("/v1/shipments")
+            || under("/v1/carrier-webhooks")
+            || under("/v1/labels")
+        {
             Some(Service::Orders)
         } else if under("/v1/auth")
             || under("/v1/api-keys")

@@ -52,7 +52,7 @@ struct OneAtATime {
 impl Handler for OneAtATime {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
         self.store
-            .record_order_event("order-events", &message.envelope)
+            .record_order_event("order-events", message.envelope())
             .await
             .map_err(|e| HandlerError::new(e.to_string()))?;
         self.done.fetch_add(1, Ordering::Relaxed);

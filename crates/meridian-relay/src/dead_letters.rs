@@ -32,9 +32,9 @@ impl StoreDeadLetterSink {
 pub fn to_record(dead_letter: &DeadLetter) -> DeadLetterRecord {
     DeadLetterRecord {
         id: dead_letter.id,
-        tenant_id: dead_letter.original.envelope.tenant,
+        tenant_id: dead_letter.original.tenant(),
         original_topic: dead_letter.original.topic.clone(),
-        envelope: dead_letter.original.envelope.clone(),
+        envelope: dead_letter.original.envelope().clone(),
         reason: dead_letter.reason.clone(),
         attempts: dead_letter.attempts,
         consumer: dead_letter.consumer.clone(),

@@ -50,7 +50,7 @@ impl BatchHandler for OrderEventsProjection {
     /// is not an order event), the events are recorded one by one, so only that one fails
     /// and goes on to its retries and dead letter.
     async fn handle_batch(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>> {
-        let events: Vec<Envelope> = messages.iter().map(|m| m.envelope.clone()).collect();
+        let events: Vec<Envelope> = messages.iter().map(|m| m.envelope().clone()).collect();
         match self
             .store
             .record_order_events(ORDER_EVENTS_CONSUMER, &events)

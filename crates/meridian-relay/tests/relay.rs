@@ -153,7 +153,7 @@ async fn rows_are_published_in_order_and_marked_sent() {
             .await
             .unwrap()
             .unwrap();
-        got.push(d.message.envelope.id);
+        got.push(d.message.id());
         d.ack().await.unwrap();
     }
     let want: Vec<_> = expected.iter().map(|r| r.envelope.id).collect();
@@ -380,7 +380,7 @@ async fn one_relay_publishes_and_a_standby_takes_over_when_it_stops() {
             .await
             .unwrap()
             .unwrap();
-        got.push(d.message.envelope.id);
+        got.push(d.message.id());
         d.ack().await.unwrap();
     }
     let want: Vec<_> = rows.iter().map(|r| r.envelope.id).collect();

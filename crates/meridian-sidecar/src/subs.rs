@@ -22,7 +22,7 @@ const QUEUE: usize = 64;
 /// The envelope of a bus message. The only place the sidecar reaches into a `Message`'s
 /// envelope.
 pub fn envelope(message: &Message) -> &Envelope {
-    &message.envelope
+    message.envelope()
 }
 
 pub struct Sub {

@@ -19,6 +19,9 @@ pub enum StoreError {
         from: OrderStatus,
         action: OrderAction,
     },
+    /// A state machine other than the order's (a shipment's) forbids the change.
+    #[error("{0}")]
+    IllegalTransition(String),
     #[error("idempotency key {0:?} was already used with a different request body")]
     IdempotencyKeyReused(String),
     #[error("{0}")]
@@ -40,7 +43,9 @@ impl StoreError {
             StoreError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             StoreError::UnknownSkus(_) => ErrorCode::UnknownSku,
             StoreError::InsufficientStock(_) => ErrorCode::InsufficientStock,
-            StoreError::InvalidTransition { .. } => ErrorCode::InvalidTransition,
+            StoreError::InvalidTransition { .. } | StoreError::IllegalTransition(_) => {
+                ErrorCode::InvalidTransition
+            }
             StoreError::IdempotencyKeyReused(_) => ErrorCode::IdempotencyKeyReused,
             StoreError::StockConflict(_) => ErrorCode::StockConflict,
             StoreError::Validation(_) => ErrorCode::ValidationFailed,

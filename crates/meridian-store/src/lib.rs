@@ -12,7 +12,9 @@
 
 mod cursor;
 mod error;
+mod fulfillment;
 mod keys;
+pub mod notify;
 mod plugins;
 mod port;
 #[cfg(feature = "postgres")]
@@ -21,7 +23,9 @@ pub mod sqlite;
 
 pub use cursor::{decode_cursor, encode_cursor};
 pub use error::StoreError;
+pub use fulfillment::FulfillmentStore;
 pub use keys::{ApiKeySecret, hash_secret, parse_api_key};
+pub use notify::NotifyStore;
 pub use plugins::{
     GrantDirection, GrantState, NewPlugin, PluginAction, PluginAuditEntry, PluginGrant,
     PluginRecord, PluginStore,

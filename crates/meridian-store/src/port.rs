@@ -249,10 +249,16 @@ pub trait RelayLock: Send + Sync + std::fmt::Debug {
 ///
 /// Every state change writes its outbox event in the same transaction as the change, and a
 /// method returns `Ok` only once that transaction is durable.
+///
+/// Extends [`NotifyStore`](crate::NotifyStore), the notification service's tables, so that
+/// one store handle serves both.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crate::NotifyStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
+
+    /// The shipments of the fulfillment service, in the same database.
+    fn fulfillment(&self) -> &dyn crate::FulfillmentStore;
 
     /// Succeeds when the store answers a trivial query.
     async fn ping(&self) -> Result<()>;

@@ -31,6 +31,8 @@ struct FileConfig {
     rate_limits: Option<RateLimitsFile>,
     gateway: Option<GatewayFile>,
     auth: Option<crate::auth_config::AuthFile>,
+    fulfillment: Option<crate::fulfillment_config::FulfillmentFile>,
+    notify: Option<crate::notify_config::NotifyFile>,
 }
 
 /// `[rate_limits]` in `meridian.toml`.
@@ -129,6 +131,10 @@ pub struct Config {
     pub gateway: GatewaySettings,
     /// Tokens, signing keys, revocation and login throttling (`MERIDIAN_AUTH_*`).
     pub auth: crate::auth_config::AuthSettings,
+    /// The carrier of new shipments (`MERIDIAN_CARRIER_*`).
+    pub fulfillment: crate::fulfillment_config::FulfillmentSettings,
+    /// Email providers and webhook delivery (`MERIDIAN_SMTP_*`, `MERIDIAN_WEBHOOK_*`).
+    pub notify: crate::notify_config::NotifySettings,
 }
 
 impl Config {
@@ -295,9 +301,19 @@ impl Config {
         let auth =
             crate::auth_config::AuthSettings::load(file_config.auth.unwrap_or_default(), &env)?;
         auth.validate()?;
+        let fulfillment = crate::fulfillment_config::FulfillmentSettings::load(
+            file_config.fulfillment.unwrap_or_default(),
+            &env,
+        )?;
+        let notify = crate::notify_config::NotifySettings::load(
+            file_config.notify.unwrap_or_default(),
+            &env,
+        )?;
         Ok(Config {
             gateway,
             auth,
+            fulfillment,
+            notify,
             bus_backend,
             bus_url,
             storage_backend,

@@ -6,6 +6,8 @@ mod auth_config;
 mod bench;
 mod config;
 mod demo;
+mod fulfillment_config;
+mod notify_config;
 mod plugin_manager;
 mod plugins_cli;
 mod server;

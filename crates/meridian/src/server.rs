@@ -1,5 +1,6 @@
 //! Opening the store and the bus, and serving the API until a shutdown signal, with the
-//! outbox relay and the order-events projection running beside it.
+//! outbox relay, the order-events projection and the fulfillment consumers running beside
+//! it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,9 @@ use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
 use meridian_api::{ApiConfig, AppState};
 use meridian_bus::Bus;
+use meridian_fulfillment_service::{
+    Fulfillment, HttpCarrier, HttpCarrierConfig, LabelStore, LocalLabelStore,
+};
 use meridian_relay::{Relay, RelayConfig, StoreDeadLetterSink};
 use meridian_store::Store;
 use tokio::net::TcpListener;
@@ -94,6 +98,17 @@ impl Background {
     /// the others stand by and take over within about a second if it goes away.
     fn start(config: &Config, store: &Arc<dyn Store>, bus: &Arc<dyn Bus>) -> Background {
         let (stop, shutdown) = watch::channel(false);
+        let fulfillment = {
+            let (bus, shutdown) = (bus.clone(), shutdown.clone());
+            let deployment = config.deployment_id.clone();
+            let service = fulfillment_service(config, store);
+            let sink = Arc::new(StoreDeadLetterSink::new(store.clone()));
+            tokio::spawn(async move {
+                if let Err(e) = service.run(bus, &deployment, sink, shutdown).await {
+                    tracing::error!(error = %e, "the fulfillment consumers stopped");
+                }
+            })
+        };
         let projection = {
             let (bus, store, shutdown) = (bus.clone(), store.clone(), shutdown.clone());
             let deployment = config.deployment_id.clone();
@@ -108,12 +123,16 @@ impl Background {
                 }
             })
         };
+        let (notify_consumer, notify_worker) = start_notifications(config, store, bus, &shutdown);
         let relay = Relay::new(store.clone(), bus.clone(), RelayConfig::default());
         let relay = tokio::spawn(relay.run(shutdown));
         Background {
             stop,
             tasks: vec![
                 ("order-events consumer", projection),
+                ("fulfillment consumers", fulfillment),
+                ("notification consumer", notify_consumer),
+                ("webhook delivery worker", notify_worker),
                 ("outbox relay", relay),
             ],
         }
@@ -129,6 +148,61 @@ impl Background {
             }
         }
     }
+}
+
+/// The notification service: the consumers that turn order, shipment and webhook events
+/// into notifications (webhooks, email, SMS), and the worker that sends them.
+fn start_notifications(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    bus: &Arc<dyn Bus>,
+    shutdown: &watch::Receiver<bool>,
+) -> (JoinHandle<()>, JoinHandle<()>) {
+    let wake = meridian_notify::Wake::new();
+    let consumer = {
+        let (bus, store, shutdown) = (bus.clone(), store.clone(), shutdown.clone());
+        let deployment = config.deployment_id.clone();
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            let sink = Arc::new(StoreDeadLetterSink::new(store.clone()));
+            let notify: Arc<dyn meridian_store::NotifyStore> = store;
+            if let Err(e) =
+                meridian_notify::run_consumers(bus, notify, &deployment, sink, wake, shutdown).await
+            {
+                tracing::error!(error = %e, "the notification consumer stopped");
+            }
+        })
+    };
+    let worker = tokio::spawn(meridian_notify::run_worker(
+        store.clone(),
+        config.notify.worker(),
+        wake,
+        shutdown.clone(),
+    ));
+    (consumer, worker)
+}
+
+/// The fulfillment consumers' parts: the label store, and the carriers (the HTTP carrier
+/// first, so new shipments get it, when `MERIDIAN_CARRIER_URL` is set; the built-in
+/// `manual` carrier always, for shipments that already name it).
+fn fulfillment_service(config: &Config, store: &Arc<dyn Store>) -> Fulfillment {
+    let mut service = Fulfillment::new(store.clone(), label_store(config));
+    if let Some(url) = &config.fulfillment.carrier_url {
+        let http = HttpCarrierConfig {
+            timeout: config.fulfillment.carrier_timeout,
+            ..HttpCarrierConfig::new(url.clone())
+        };
+        match HttpCarrier::new(http) {
+            Ok(carrier) => service.carriers.insert(0, Arc::new(carrier)),
+            Err(e) => tracing::error!(error = %e, "the HTTP carrier is not available"),
+        }
+    }
+    service
+}
+
+/// Where shipping labels are kept: the directory `{MERIDIAN_DATA_DIR}/objects`.
+pub fn label_store(config: &Config) -> Arc<dyn LabelStore> {
+    Arc::new(LocalLabelStore::new(config.data_dir.join("objects")))
 }
 
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
@@ -183,21 +257,40 @@ pub async fn serve_with(
     // The consumer must exist before the relay publishes, or a broker that keeps messages
     // only for existing queues (RabbitMQ) drops the first events. A bus that is down now
     // is retried by the consumer loop; the relay's events wait in the outbox meanwhile.
-    match tokio::time::timeout(
-        DECLARE_TIMEOUT,
-        meridian_relay::declare_order_events(bus.as_ref(), &config.deployment_id),
+    let deployment = config.deployment_id.as_str();
+    declare(
+        "order-events consumer",
+        meridian_relay::declare_order_events(bus.as_ref(), deployment),
     )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot declare the order-events consumer yet"),
-        Err(_) => tracing::warn!("declaring the order-events consumer timed out"),
-    }
+    .await;
+    declare(
+        "fulfillment consumers",
+        Fulfillment::declare(bus.as_ref(), deployment),
+    )
+    .await;
+    declare(
+        "notification consumers",
+        meridian_notify::declare(bus.as_ref(), deployment),
+    )
+    .await;
     let background = Background::start(&config, &store, &bus);
     let result = serve_api(config, store, plugins, Some(bus), ready).await;
     background.stop().await;
     tracing::info!("meridian stopped");
     result
+}
+
+/// Declares a service's durable consumers, waiting at most [`DECLARE_TIMEOUT`]; a bus that
+/// is down now is only logged (the consumer loop retries).
+async fn declare<E: std::fmt::Display>(
+    what: &str,
+    declared: impl std::future::Future<Output = std::result::Result<(), E>>,
+) {
+    match tokio::time::timeout(DECLARE_TIMEOUT, declared).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot declare the {what} yet"),
+        Err(_) => tracing::warn!("declaring the {what} timed out"),
+    }
 }
 
 async fn serve_api(
@@ -226,13 +319,15 @@ async fn serve_api(
             settings.proxy,
         ))
     });
-    let auth = meridian_api::auth::AuthService::start(
-        store.clone(),
-        crate::auth_config::auth_config(&config)?,
-    )
-    .await
-    .map_err(anyhow::Error::msg)
-    .context("cannot start the auth service")?;
+    let auth_config = crate::auth_config::auth_config(&config)?;
+    // Pre-signed label links are signed with a key derived from the master key, which every
+    // instance of the deployment shares.
+    let label_urls =
+        meridian_api::LabelUrlSigner::derive(auth_config.master_key.to_base64().as_bytes());
+    let auth = meridian_api::auth::AuthService::start(store.clone(), auth_config)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("cannot start the auth service")?;
     if let Some(bus) = &bus {
         auth.listen(Arc::clone(bus), &config.deployment_id);
     }
@@ -284,7 +379,18 @@ async fn serve_api(
         let _ = tcp.set_nodelay(true);
     });
     // With the peer address, so the token endpoint can be rate limited per client IP.
-    let app = meridian_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Shipping labels are served from the label store (GET /v1/shipments/{id}/label), and
+    // carriers' webhooks are checked against their secret.
+    let mut app = meridian_api::router(state)
+        .layer(axum::Extension(label_store(&config)))
+        .layer(axum::Extension(label_urls));
+    if let Some(secret) = &config.fulfillment.carrier_webhook_secret {
+        app = app.layer(axum::Extension(meridian_api::CarrierWebhook {
+            carrier: HttpCarrierConfig::DEFAULT_NAME.to_owned(),
+            secret: meridian_fulfillment_service::WebhookSecret::new(secret),
+        }));
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

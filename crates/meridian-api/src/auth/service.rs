@@ -589,7 +589,7 @@ impl AuthService {
                         return;
                     };
                     match serde_json::from_value::<Revocation>(
-                        delivery.message.envelope.data.clone(),
+                        delivery.message.envelope().data.clone(),
                     ) {
                         Ok(r) => service.apply_revocations(&[r]),
                         Err(e) => {

@@ -6,12 +6,16 @@ pub mod api_keys;
 pub mod auth;
 pub mod dead_letters;
 pub mod inventory;
+pub mod notifications;
 pub mod ops;
 pub mod orders;
 pub mod plugins;
 pub mod products;
+pub mod shipments;
+pub mod templates;
 pub mod users;
 pub mod warehouses;
+pub mod webhooks;
 
 use meridian_core::{Currency, Money, ValidationErrors};
 use serde::{Deserialize, Deserializer, Serialize};

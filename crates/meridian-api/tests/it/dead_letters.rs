@@ -140,7 +140,8 @@ async fn a_replay_republishes_the_original_message_to_its_topic() {
         .unwrap();
     assert_eq!(delivery.message.topic, recorded.original_topic);
     assert_eq!(
-        delivery.message.envelope, recorded.envelope,
+        *delivery.message.envelope(),
+        recorded.envelope,
         "the same event, same id"
     );
     let shown = app

@@ -12,5 +12,7 @@ mod orders;
 mod plugins;
 mod products;
 mod support;
+mod templates;
 mod tenancy;
 mod warehouses;
+mod webhooks;

@@ -139,7 +139,7 @@ pub async fn kill_9_loses_nothing(test: &str, config: EmbeddedConfig) {
         .await
         .expect("subscribe after the crash");
     let marker = message(u64::MAX);
-    let marker_id = marker.envelope.id.to_string();
+    let marker_id = marker.id().to_string();
     bus.publish(marker).await.expect("publish the marker");
     let mut delivered = HashSet::new();
     loop {
@@ -147,7 +147,7 @@ pub async fn kill_9_loses_nothing(test: &str, config: EmbeddedConfig) {
             .await
             .expect("a delivery after the restart")
             .expect("next");
-        let id = d.message.envelope.id.to_string();
+        let id = d.message.id().to_string();
         d.ack().await.expect("ack after the restart");
         if id == marker_id {
             break;
@@ -191,7 +191,7 @@ async fn child(config: EmbeddedConfig) -> ! {
         tokio::spawn(async move {
             for n in 0.. {
                 let m = message(p * 1_000_000 + n);
-                let id = m.envelope.id;
+                let id = m.id();
                 bus.publish(m).await.expect("child: publish");
                 println!("published {id}");
             }
@@ -199,7 +199,7 @@ async fn child(config: EmbeddedConfig) -> ! {
     }
     loop {
         let d = sub.next().await.expect("child: next");
-        let id = d.message.envelope.id;
+        let id = d.message.id();
         println!("acking {id}");
         d.ack().await.expect("child: ack");
         println!("acked {id}");

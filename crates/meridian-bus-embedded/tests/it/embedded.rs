@@ -59,7 +59,7 @@ fn message(topic: &Topic, key: &str, n: u64) -> Message {
 }
 
 fn n_of(d: &Delivery) -> u64 {
-    d.message.envelope.data["n"]
+    d.message.envelope().data["n"]
         .as_u64()
         .expect("test messages carry n")
 }
@@ -104,12 +104,12 @@ async fn others_until_marker(
     topic: &Topic,
 ) -> Vec<u64> {
     let marker = message(topic, "marker", u64::MAX);
-    let id = marker.envelope.id;
+    let id = marker.id();
     publish(bus, marker).await;
     let mut others = Vec::new();
     loop {
         let d = next(sub).await;
-        let done = d.message.envelope.id == id;
+        let done = d.message.id() == id;
         if !done {
             others.push(n_of(&d));
         }
@@ -119,7 +119,7 @@ async fn others_until_marker(
         }
     }
     while let Ok(Ok(d)) = timeout(QUIET, sub.next()).await {
-        if d.message.envelope.id != id {
+        if d.message.id() != id {
             others.push(n_of(&d));
         }
         ack(d).await;

@@ -85,7 +85,7 @@ async fn shares_the_file_with_another_writer() {
                 serde_json::json!({ "n": n }),
             ),
         );
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         t.bus
             .publish(m)
             .await
@@ -97,7 +97,7 @@ async fn shares_the_file_with_another_writer() {
             .await
             .expect("a delivery in time")
             .expect("next");
-        got.insert(d.message.envelope.id);
+        got.insert(d.message.id());
         d.ack().await.expect("ack while another writer works");
     }
     assert_eq!(got, sent);

@@ -125,10 +125,7 @@ impl PrivateBroker {
     }
 
     async fn start_with(storage_engine: String, database: Option<TansuDatabase>) -> PrivateBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free local port");
+        let port = Self::restartable_port();
         let broker = PrivateBroker {
             port,
             storage_engine,
@@ -165,6 +162,7 @@ impl PrivateBroker {
                     binary.display()
                 )
             });
+        let mut child = child;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
@@ -177,6 +175,15 @@ impl PrivateBroker {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Something answering on the port is not enough: it must be this broker (a tansu
+        // that could not bind has exited).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "tansu on port {} exited ({status}); another process holds the port",
+                self.port
+            );
+        }
         *guard = Some(child);
     }
 
@@ -185,6 +192,23 @@ impl PrivateBroker {
         if let Some(mut child) = self.child.lock().await.take() {
             let _ = child.kill().await;
         }
+    }
+
+    /// A free port for a broker that restarts on it. Ports the kernel hands out (to `bind` on
+    /// port 0 and to outgoing connections) come from the ephemeral range, 32768–60999 here, so
+    /// one of those could be taken by another test's socket while the broker is down; this
+    /// picks a free port below that range instead.
+    fn restartable_port() -> u16 {
+        use std::hash::{BuildHasher, RandomState};
+        for attempt in 0u32.. {
+            let random = RandomState::new().hash_one(attempt);
+            let port = 20_000 + (random % 12_000) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+            assert!(attempt < 1_000, "no free port below the ephemeral range");
+        }
+        unreachable!()
     }
 
     /// The conformance suite's broker restart: a crash, then a start on the same storage.

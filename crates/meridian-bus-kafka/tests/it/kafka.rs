@@ -176,10 +176,10 @@ async fn pattern_across_domains_joins_new_domains() {
             .await
             .expect("delivered within the discovery period")
             .expect("next");
-        got.insert(delivery.message.envelope.id);
+        got.insert(delivery.message.id());
         delivery.ack().await.expect("ack");
     }
-    assert_eq!(got, HashSet::from([oms.envelope.id, late.envelope.id]));
+    assert_eq!(got, HashSet::from([oms.id(), late.id()]));
     assert!(
         timeout(Duration::from_millis(500), sub.next())
             .await
@@ -215,7 +215,7 @@ async fn unsettled_delivery_comes_back_after_ack_wait() {
         .await
         .expect("redelivered after the ack wait")
         .expect("next");
-    assert_eq!(second.message.envelope.id, sent.envelope.id);
+    assert_eq!(second.message.id(), sent.id());
     assert_eq!(second.attempt, 2);
     first.ack().await.expect("late ack");
     second.ack().await.expect("ack");
@@ -317,7 +317,7 @@ async fn outage_is_reported_then_recovered() {
         .await
         .expect("delivered")
         .expect("next");
-    assert_eq!(delivery.message.envelope.id, sent.envelope.id);
+    assert_eq!(delivery.message.id(), sent.id());
     delivery.ack().await.expect("ack");
 }
 
@@ -404,7 +404,7 @@ async fn durable_consumer_resumes_after_a_broker_crash() {
     let mut sent = HashSet::new();
     for n in 0..10 {
         let m = message(&t, "k", n);
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         bus.publish(m).await.expect("publish");
     }
     let mut acked = HashSet::new();
@@ -413,7 +413,7 @@ async fn durable_consumer_resumes_after_a_broker_crash() {
             .await
             .expect("a delivery")
             .expect("next");
-        acked.insert(delivery.message.envelope.id);
+        acked.insert(delivery.message.id());
         delivery.ack().await.expect("ack");
     }
     drop(sub);
@@ -421,7 +421,7 @@ async fn durable_consumer_resumes_after_a_broker_crash() {
     broker.restart().await;
     for n in 10..15 {
         let m = message(&t, "k", n);
-        sent.insert(m.envelope.id);
+        sent.insert(m.id());
         publish_through_restart(&bus, m).await;
     }
     let marker = message(&t, "k", u64::MAX);
@@ -449,13 +449,13 @@ async fn durable_consumer_resumes_after_a_broker_crash() {
             Err(BusError::Unavailable(_)) => continue,
             Err(e) => panic!("next failed after the restart: {e}"),
         };
-        let id = delivery.message.envelope.id;
+        let id = delivery.message.id();
         assert!(
             !acked.contains(&id),
             "a message acknowledged before the crash came back: {id}"
         );
         delivery.ack().await.expect("ack");
-        if id == marker.envelope.id {
+        if id == marker.id() {
             break;
         }
         got.insert(id);
@@ -499,6 +499,6 @@ async fn member_without_partitions_is_harmless() {
     .await
     .expect("delivered to one member")
     .expect("next");
-    assert_eq!(delivery.message.envelope.id, sent.envelope.id);
+    assert_eq!(delivery.message.id(), sent.id());
     delivery.ack().await.expect("ack");
 }

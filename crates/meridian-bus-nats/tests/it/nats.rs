@@ -218,7 +218,7 @@ async fn pattern_across_domains_joins_new_domains() {
         .await
         .expect("the new domain is joined within the discovery period")
         .expect("next");
-    assert_eq!(delivery.message.envelope.id, late.envelope.id);
+    assert_eq!(delivery.message.id(), late.id());
     delivery.ack().await.expect("ack");
 }
 
@@ -248,13 +248,10 @@ async fn pattern_across_domains() {
             .await
             .expect("delivered in time")
             .expect("next");
-        got.insert(delivery.message.envelope.id);
+        got.insert(delivery.message.id());
         delivery.ack().await.expect("ack");
     }
-    assert_eq!(
-        got,
-        HashSet::from([oms.envelope.id, fulfillment.envelope.id])
-    );
+    assert_eq!(got, HashSet::from([oms.id(), fulfillment.id()]));
     assert!(
         timeout(Duration::from_millis(300), sub.next())
             .await
@@ -370,7 +367,7 @@ async fn outage_is_reported_then_recovered() {
             other => panic!("next after the restart: {other:?}"),
         }
     };
-    assert_eq!(delivery.message.envelope.id, second.envelope.id);
+    assert_eq!(delivery.message.id(), second.id());
     delivery.ack().await.expect("ack");
     timeout(WAIT, bus.ping())
         .await
@@ -387,16 +384,18 @@ async fn server_max_payload_is_respected() {
     assert!(bus.payload_limit() < 65536);
     let d = unique_deployment();
     let t = topic(&d, "oms.order.created");
-    let mut big = message(&t, 1);
-    big.envelope.data = json!({ "blob": "x".repeat(100_000) });
+    let mut big = message(&t, 1).into_envelope();
+    big.data = json!({ "blob": "x".repeat(100_000) });
+    let big = Message::new(t.clone(), big);
     match bus.publish(big).await {
         Err(BusError::PayloadTooLarge { size, limit }) => {
             assert!(size > limit && limit < 65536, "{size} > {limit}");
         }
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
-    let mut fits = message(&t, 2);
-    fits.envelope.data = json!({ "blob": "x".repeat(60_000) });
+    let mut fits = message(&t, 2).into_envelope();
+    fits.data = json!({ "blob": "x".repeat(60_000) });
+    let fits = Message::new(t.clone(), fits);
     bus.publish(fits)
         .await
         .expect("a message under the server's limit");

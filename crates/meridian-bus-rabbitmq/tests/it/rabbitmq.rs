@@ -332,12 +332,12 @@ async fn a_nacked_message_is_not_overtaken_with_one_in_flight() {
             bus.publish(message(&t, n)).await.expect("publish");
         }
         let first = next(&mut sub).await;
-        assert_eq!(first.message.envelope.data["n"], 0);
+        assert_eq!(first.message.envelope().data["n"], 0);
         first.nack(Duration::from_millis(100)).await.expect("nack");
         let mut order = Vec::new();
         for _ in 0..3 {
             let got = next(&mut sub).await;
-            order.push((got.message.envelope.data["n"].as_u64(), got.attempt));
+            order.push((got.message.envelope().data["n"].as_u64(), got.attempt));
             got.ack().await.expect("ack");
         }
         assert_eq!(

@@ -107,9 +107,9 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
         shutdown,
     ));
     let d = timeout(WAIT, dlq.next()).await.unwrap().unwrap();
-    assert_eq!(d.message.envelope.data["attempts"], 3);
+    assert_eq!(d.message.envelope().data["attempts"], 3);
     assert_eq!(
-        d.message.envelope.data["reason"],
+        d.message.envelope().data["reason"],
         "handler panicked: handler exploded"
     );
     stop.send(true).unwrap();
@@ -245,7 +245,7 @@ impl consumer::BatchHandler for Batches {
     async fn handle_batch(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>> {
         let ns: Vec<u64> = messages
             .iter()
-            .map(|m| m.envelope.data["n"].as_u64().unwrap())
+            .map(|m| m.envelope().data["n"].as_u64().unwrap())
             .collect();
         let results = ns
             .iter()
@@ -302,7 +302,7 @@ async fn a_batch_is_settled_message_by_message() {
     // The refused message goes to the dead-letter topic after its three attempts.
     let d = timeout(WAIT, dlq.next()).await.unwrap().unwrap();
     let dead = DeadLetter::from_message(&d.message).unwrap();
-    assert_eq!(dead.original.envelope.data["n"], 7);
+    assert_eq!(dead.original.envelope().data["n"], 7);
     assert_eq!(dead.attempts, 3);
     assert_eq!(dead.reason, "refused 7");
     stop.send(true).unwrap();

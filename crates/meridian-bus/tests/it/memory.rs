@@ -146,11 +146,11 @@ async fn a_dropped_members_messages_go_back_to_the_group() {
     let mut got = HashSet::new();
     while got.len() < sent.len() {
         let d = next(&mut b).await;
-        got.insert(d.message.envelope.id);
+        got.insert(d.message.id());
         d.ack().await.unwrap();
     }
     drop(held);
-    let want: HashSet<_> = sent.iter().map(|m| m.envelope.id).collect();
+    let want: HashSet<_> = sent.iter().map(|m| m.id()).collect();
     assert_eq!(got, want);
 }
 
@@ -175,7 +175,7 @@ async fn one_key_stays_in_order_inside_a_group() {
     let mut total = 0;
     for sub in &mut members {
         while let Ok(Ok(d)) = timeout(Duration::from_millis(100), sub.next()).await {
-            let n = d.message.envelope.data["n"].as_u64().unwrap();
+            let n = d.message.envelope().data["n"].as_u64().unwrap();
             if let Some(prev) = last.insert(d.message.key().to_owned(), n) {
                 assert!(prev < n, "key {} went from {prev} to {n}", d.message.key());
             }

@@ -137,7 +137,7 @@ async fn a_refused_publish_is_403_and_never_reaches_the_bus() {
     // The first thing on the bus is the allowed publish, with the envelope the sidecar built.
     let d = observer.next().await.unwrap();
     assert_eq!(d.message.topic, topic("platform.oms.order.held"));
-    let env = &d.message.envelope;
+    let env = d.message.envelope();
     assert_eq!(env.id.to_string(), body["id"].as_str().unwrap());
     assert_eq!(env.source, format!("/meridian/{DEP}/plugins/fraud"));
     assert_eq!(env.ty, "meridian.oms.order.held");

@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (4, include_str!("../../migrations/postgres/0004_auth.sql")),
     (
+        5,
+        include_str!("../../migrations/postgres/0005_fulfillment.sql"),
+    ),
+    (6, include_str!("../../migrations/postgres/0006_notify.sql")),
+    (
         7,
         include_str!("../../migrations/postgres/0007_plugins.sql"),
     ),

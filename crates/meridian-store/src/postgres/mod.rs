@@ -25,8 +25,10 @@
 mod catalog;
 mod dead_letters;
 mod error;
+mod fulfillment;
 mod inventory;
 mod migrate;
+mod notify;
 mod orders;
 mod plugins;
 mod relay;
@@ -214,6 +216,10 @@ impl PgStore {
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn fulfillment(&self) -> &dyn crate::FulfillmentStore {
+        self
     }
 
     async fn ping(&self) -> Result<()> {

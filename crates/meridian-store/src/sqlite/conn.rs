@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0002_relay_inbox_projection_dead_letters.sql"),
     ),
     (4, include_str!("../../migrations/sqlite/0004_auth.sql")),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_fulfillment.sql"),
+    ),
+    (6, include_str!("../../migrations/sqlite/0006_notify.sql")),
     (7, include_str!("../../migrations/sqlite/0007_plugins.sql")),
 ];
 

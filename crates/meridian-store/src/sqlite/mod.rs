@@ -22,6 +22,8 @@ mod commands;
 mod conn;
 mod dead_letters;
 mod error;
+mod fulfillment;
+mod notify;
 mod outbox;
 mod plugins;
 mod queries;
@@ -199,6 +201,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn fulfillment(&self) -> &dyn crate::FulfillmentStore {
+        self
     }
 
     async fn ping(&self) -> Result<()> {

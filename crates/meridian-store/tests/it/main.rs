@@ -2,6 +2,8 @@
 //! ([`conformance`], and [`plugins`] for the plugin registry) run against every backend, plus each backend's own tests.
 
 mod conformance;
+mod fulfillment;
+mod notify;
 mod plugins;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -142,6 +142,8 @@ pub async fn postgres_store() -> TestStore {
 use crate::conformance::stocked;
 
 crate::conformance::conformance_suite!(postgres_store);
+crate::fulfillment::fulfillment_suite!(postgres_store);
+crate::notify::notify_suite!(postgres_store);
 
 async fn postgres_plugins() -> crate::plugins::TestPlugins {
     let schema = Schema::new();
@@ -208,7 +210,7 @@ async fn concurrent_opens_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        [1, 2, 4, 7],
+        [1, 2, 4, 5, 6, 7],
         "each migration applied exactly once"
     );
 

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod crash;
 mod events;
+mod fulfillment;
 mod gateway;
 mod manager;
 mod plugins;

@@ -360,7 +360,7 @@ async fn acl_matrix(backend: Backend) {
                 .expect("delivery");
             let m = delivery.message.clone();
             let _ = delivery.ack().await;
-            let env = &m.envelope;
+            let env = m.envelope();
             if env.tenant == marker {
                 break;
             }
