@@ -185,6 +185,8 @@ pub fn required_permission(method: &Method, route: &str) -> Option<Permission> {
             true,
         ) => NotificationsManage,
         ("/v1/auth/signing-keys/rotate", true) => SigningKeysRotate,
+        (r, false) if r == "/v1/plugin-audit" || r.starts_with("/v1/plugins") => PluginsRead,
+        (r, true) if r.starts_with("/v1/plugins") => PluginsManage,
         _ => return None,
     };
     Some(p)

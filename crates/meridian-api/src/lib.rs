@@ -38,6 +38,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use crate::layers::GatewayConfig;
 pub use crate::metrics::install_metrics;
 pub use crate::openapi::ApiDoc;
+pub use crate::resources::plugins::{PluginStatusSource, new_plugin, parse_manifest};
 pub use crate::resources::shipments::CarrierWebhook;
 pub use meridian_fulfillment_service::LabelUrlSigner;
 
@@ -73,6 +74,10 @@ pub struct AppState {
     pub config: ApiConfig,
     /// Token verification and issuing, signing keys, revocations.
     pub auth: Arc<auth::AuthService>,
+    /// The plugin registry (usually the same backend as `store`).
+    pub plugins: Arc<dyn meridian_store::PluginStore>,
+    /// The instance manager's view of each plugin, when one runs in this process.
+    pub plugin_status: Option<Arc<dyn PluginStatusSource>>,
 }
 
 /// The router `meridian bench gateway` measures: one trivial handler served twice, at
@@ -147,7 +152,7 @@ fn with_outer_layers(routes: Router<AppState>, state: AppState) -> Router {
 pub fn router(state: AppState) -> Router {
     use resources::{
         api_keys, auth as auth_routes, dead_letters, inventory, notifications, ops, orders,
-        products, shipments, templates, users, warehouses, webhooks,
+        plugins, products, shipments, templates, users, warehouses, webhooks,
     };
 
     // Every route here needs a credential and its permission (see `behind_authentication`).
@@ -234,7 +239,23 @@ pub fn router(state: AppState) -> Router {
             get(templates::get)
                 .patch(templates::update)
                 .delete(templates::delete),
-        );
+        )
+        // The deployment's plugin registry (platform admins).
+        .route("/v1/plugins", post(plugins::register).get(plugins::list))
+        .route(
+            "/v1/plugins/{plugin}",
+            get(plugins::get).delete(plugins::deregister),
+        )
+        .route(
+            "/v1/plugins/{plugin}/grants/{grant}/approve",
+            post(plugins::approve),
+        )
+        .route(
+            "/v1/plugins/{plugin}/grants/{grant}/deny",
+            post(plugins::deny),
+        )
+        .route("/v1/plugins/{plugin}/audit", get(plugins::audit))
+        .route("/v1/plugin-audit", get(plugins::audit_all));
     let authenticated = behind_authentication(authenticated, &state);
 
     let routes = Router::new()

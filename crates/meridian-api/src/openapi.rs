@@ -7,8 +7,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::resources::{
-    api_keys, auth, dead_letters, inventory, ops, orders, products, shipments, users, warehouses,
-    webhooks,
+    api_keys, auth, dead_letters, inventory, ops, orders, plugins, products, shipments, users,
+    warehouses, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -80,6 +80,14 @@ use crate::resources::{
         crate::resources::templates::update,
         crate::resources::templates::delete,
         crate::resources::templates::preview,
+        plugins::register,
+        plugins::list,
+        plugins::get,
+        plugins::deregister,
+        plugins::approve,
+        plugins::deny,
+        plugins::audit,
+        plugins::audit_all,
     ),
     components(schemas(crate::problem::ProblemDetails)),
     modifiers(&BearerAuth),
@@ -95,6 +103,7 @@ use crate::resources::{
         (name = "users", description = "The tenant's users and their roles"),
         (name = "webhooks", description = "Signed webhook endpoints, their delivery log and redelivery"),
         (name = "templates", description = "Notification templates per event type and channel"),
+        (name = "plugins", description = "The plugin registry: manifests, grant approvals and their audit trail"),
         (name = "auth", description = "OAuth 2.0 token endpoint, revocation, JWKS and discovery"),
         (name = "operations", description = "Health, readiness, metrics; no authentication"),
     )

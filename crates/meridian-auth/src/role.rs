@@ -107,10 +107,14 @@ pub enum Permission {
     TenantsManage,
     /// Platform-wide: rotate the JWT signing keys.
     SigningKeysRotate,
+    /// Platform-wide: list plugins, their grants and the audit trail.
+    PluginsRead,
+    /// Platform-wide: register and deregister plugins, approve and deny their grants.
+    PluginsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 20] = [
         Permission::CatalogRead,
         Permission::CatalogWrite,
         Permission::InventoryRead,
@@ -129,6 +133,8 @@ impl Permission {
         Permission::NotificationsManage,
         Permission::TenantsManage,
         Permission::SigningKeysRotate,
+        Permission::PluginsRead,
+        Permission::PluginsManage,
     ];
 
     /// The permission's scope name, as API keys and the JWT `scope` claim carry it.
@@ -152,6 +158,8 @@ impl Permission {
             Permission::NotificationsManage => "notifications:manage",
             Permission::TenantsManage => "platform:tenants",
             Permission::SigningKeysRotate => "platform:signing_keys",
+            Permission::PluginsRead => "platform:plugins:read",
+            Permission::PluginsManage => "platform:plugins:manage",
         }
     }
 
@@ -174,7 +182,7 @@ pub fn permits(role: Role, permission: Permission) -> bool {
         | NotificationsRead => Role::Member,
         DeadLettersReplay | ApiKeysRead | ApiKeysManage | UsersRead | UsersManage
         | NotificationsManage => Role::Admin,
-        TenantsManage | SigningKeysRotate => Role::PlatformAdmin,
+        TenantsManage | SigningKeysRotate | PluginsRead | PluginsManage => Role::PlatformAdmin,
     };
     role >= least
 }
@@ -282,6 +290,8 @@ mod tests {
         (NotificationsManage, [false, false, true, true, true]),
         (TenantsManage, [false, false, false, false, true]),
         (SigningKeysRotate, [false, false, false, false, true]),
+        (PluginsRead, [false, false, false, false, true]),
+        (PluginsManage, [false, false, false, false, true]),
     ];
 
     #[test]

@@ -15,6 +15,7 @@ mod error;
 mod fulfillment;
 mod keys;
 pub mod notify;
+mod plugins;
 mod port;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -25,6 +26,10 @@ pub use error::StoreError;
 pub use fulfillment::FulfillmentStore;
 pub use keys::{ApiKeySecret, hash_secret, parse_api_key};
 pub use notify::NotifyStore;
+pub use plugins::{
+    GrantDirection, GrantState, NewPlugin, PluginAction, PluginAuditEntry, PluginGrant,
+    PluginRecord, PluginStore,
+};
 pub use port::*;
 
 use std::sync::Arc;
@@ -46,6 +51,25 @@ pub async fn open(
         StoreConfig::Sqlite(c) => Arc::new(sqlite::SqliteStore::open(c, events).await?),
         #[cfg(feature = "postgres")]
         StoreConfig::Postgres(c) => Arc::new(postgres::PgStore::open(c, events).await?),
+    })
+}
+
+/// Opens the configured backend like [`open`], and hands out its plugin registry too (the
+/// same database and connections).
+pub async fn open_with_plugins(
+    config: StoreConfig,
+    events: meridian_core::EventSource,
+) -> Result<(Arc<dyn Store>, Arc<dyn PluginStore>), StoreError> {
+    Ok(match config {
+        StoreConfig::Sqlite(c) => {
+            let s = Arc::new(sqlite::SqliteStore::open(c, events).await?);
+            (s.clone(), s)
+        }
+        #[cfg(feature = "postgres")]
+        StoreConfig::Postgres(c) => {
+            let s = Arc::new(postgres::PgStore::open(c, events).await?);
+            (s.clone(), s)
+        }
     })
 }
 

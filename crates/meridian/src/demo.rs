@@ -138,7 +138,7 @@ pub async fn run_dev(config: Config) -> Result<()> {
             config.data_dir.display()
         )
     })?;
-    let store = server::open_store(&config).await?;
+    let (store, plugins) = server::open_stores(&config).await?;
     let marker = config.data_dir.join("demo-tenant.json");
     let demo = match read_marker(&marker)? {
         Some(mut demo) if demo.user.is_none() => {
@@ -182,7 +182,7 @@ pub async fn run_dev(config: Config) -> Result<()> {
             }
         }
     });
-    let result = server::serve_with(config, Arc::clone(&store), Some(tx)).await;
+    let result = server::serve_with(config, Arc::clone(&store), plugins, Some(tx)).await;
     banner.abort();
     result
 }

@@ -8,6 +8,8 @@ mod config;
 mod demo;
 mod fulfillment_config;
 mod notify_config;
+mod plugin_manager;
+mod plugins_cli;
 mod server;
 mod sidecar;
 
@@ -72,6 +74,11 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         command: DeadLettersCommand,
+    },
+    /// The plugin registry: register, list, approve or deny grants, deregister, audit.
+    Plugins {
+        #[command(subcommand)]
+        command: plugins_cli::PluginsCommand,
     },
     /// A plugin's sidecar: its ACL-scoped door to the bus, state and health (docs/plugins.md).
     Sidecar(sidecar::SidecarArgs),
@@ -264,6 +271,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::DeadLetters { command } => {
             init_logging(config.log_format, "warn");
             dead_letters(&config, command).await?;
+        }
+        Command::Plugins { command } => {
+            init_logging(config.log_format, "warn");
+            let (_, plugins) = server::open_stores(&config).await?;
+            plugins_cli::run(plugins.as_ref(), command).await?;
         }
         Command::Sidecar(args) => {
             init_logging(config.log_format, "info");

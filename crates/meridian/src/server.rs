@@ -206,6 +206,13 @@ pub fn label_store(config: &Config) -> Arc<dyn LabelStore> {
 }
 
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    Ok(open_stores(config).await?.0)
+}
+
+/// The store and its plugin registry (one backend, one set of connections).
+pub async fn open_stores(
+    config: &Config,
+) -> Result<(Arc<dyn Store>, Arc<dyn meridian_store::PluginStore>)> {
     let store_config = config.store_config()?;
     let what = match config.storage_backend {
         crate::config::StorageBackend::Sqlite => {
@@ -213,7 +220,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
         }
         crate::config::StorageBackend::Postgres => "PostgreSQL store".to_string(),
     };
-    meridian_store::open(store_config, config.events())
+    meridian_store::open_with_plugins(store_config, config.events())
         .await
         .with_context(|| format!("cannot open the {what}"))
 }
@@ -223,13 +230,14 @@ pub async fn serve(
     config: Config,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<()> {
-    let store = open_store(&config).await?;
-    serve_with(config, store, ready).await
+    let (store, plugins) = open_stores(&config).await?;
+    serve_with(config, store, plugins, ready).await
 }
 
 pub async fn serve_with(
     config: Config,
     store: Arc<dyn Store>,
+    plugins: Arc<dyn meridian_store::PluginStore>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<()> {
     // Before anything registers a metric: a handle taken before the recorder exists
@@ -242,7 +250,7 @@ pub async fn serve_with(
         .services
         .contains(meridian_gateway::Service::Orders)
     {
-        return serve_api(config, store, None, ready).await;
+        return serve_api(config, store, plugins, None, ready).await;
     }
     let bus: Arc<dyn Bus> = Arc::new(meridian_bus::MeteredBus::new(open_bus(&config).await?));
     tracing::info!(bus = bus.name(), "bus open");
@@ -266,7 +274,7 @@ pub async fn serve_with(
     )
     .await;
     let background = Background::start(&config, &store, &bus);
-    let result = serve_api(config, store, Some(bus), ready).await;
+    let result = serve_api(config, store, plugins, Some(bus), ready).await;
     background.stop().await;
     tracing::info!("meridian stopped");
     result
@@ -288,6 +296,7 @@ async fn declare<E: std::fmt::Display>(
 async fn serve_api(
     config: Config,
     store: Arc<dyn Store>,
+    plugins: Arc<dyn meridian_store::PluginStore>,
     bus: Option<Arc<dyn Bus>>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<()> {
@@ -322,9 +331,21 @@ async fn serve_api(
     if let Some(bus) = &bus {
         auth.listen(Arc::clone(bus), &config.deployment_id);
     }
+    let runs_orders = settings
+        .services
+        .contains(meridian_gateway::Service::Orders);
+    let (manager, plugin_status) = match crate::plugin_manager::settings(runs_orders)? {
+        Some(c) => {
+            let (m, s) = crate::plugin_manager::start(Arc::clone(&plugins), c)?;
+            (Some(m), Some(s))
+        }
+        None => (None, None),
+    };
     let state = AppState {
         auth,
         store,
+        plugins,
+        plugin_status,
         bus,
         metrics: meridian_api::install_metrics(),
         config: ApiConfig {
@@ -375,6 +396,9 @@ async fn serve_api(
         .await
         .context("the HTTP server failed")?;
     tracing::info!("HTTP server stopped");
+    if let Some(m) = manager {
+        m.shutdown().await;
+    }
     Ok(())
 }
 

@@ -16,8 +16,16 @@ use crate::config::Config;
 #[derive(clap::Args)]
 pub struct SidecarArgs {
     /// The plugin's manifest (TOML).
-    #[arg(long, env = "MERIDIAN_SIDECAR_MANIFEST")]
-    manifest: PathBuf,
+    #[arg(
+        long,
+        env = "MERIDIAN_SIDECAR_MANIFEST",
+        required_unless_present = "plugin"
+    )]
+    manifest: Option<PathBuf>,
+    /// A registered plugin's name: its manifest and grant decisions are read from the
+    /// plugin registry in the configured store, instead of `--manifest` and `--grants`.
+    #[arg(long, env = "MERIDIAN_SIDECAR_PLUGIN", conflicts_with_all = ["manifest", "grants"])]
+    plugin: Option<String>,
     /// The admin's decisions on the plugin's grants (TOML, `[[grant]]` tables); without
     /// it only the pool template applies.
     #[arg(long, env = "MERIDIAN_SIDECAR_GRANTS")]
@@ -52,18 +60,34 @@ pub async fn run(config: &Config, args: SidecarArgs) -> Result<()> {
     if !(1..=3600).contains(&args.ack_wait_secs) {
         bail!("MERIDIAN_SIDECAR_ACK_WAIT_SECS must be between 1 and 3600");
     }
-    let text = std::fs::read_to_string(&args.manifest)
-        .with_context(|| format!("cannot read the manifest {}", args.manifest.display()))?;
-    let manifest = Manifest::from_toml(&text)
-        .with_context(|| format!("manifest {}", args.manifest.display()))?;
-    let decisions = match &args.grants {
-        None => GrantDecisions::default(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the grants {}", path.display()))?;
-            GrantDecisions::from_toml(&text)
-                .with_context(|| format!("grants {}", path.display()))?
+    let (manifest, decisions) = match (&args.plugin, &args.manifest) {
+        (Some(name), _) => {
+            let (_, plugins) = crate::server::open_stores(config).await?;
+            let record = plugins
+                .find_plugin(name)
+                .await
+                .with_context(|| format!("plugin {name} is not in the registry"))?;
+            let manifest = Manifest::from_toml(&record.manifest)
+                .with_context(|| format!("the registered manifest of {name}"))?;
+            (manifest, crate::plugins_cli::decisions(&record))
         }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+            let manifest = Manifest::from_toml(&text)
+                .with_context(|| format!("manifest {}", path.display()))?;
+            let decisions = match &args.grants {
+                None => GrantDecisions::default(),
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read the grants {}", path.display()))?;
+                    GrantDecisions::from_toml(&text)
+                        .with_context(|| format!("grants {}", path.display()))?
+                }
+            };
+            (manifest, decisions)
+        }
+        (None, None) => bail!("give --manifest (with --grants) or --plugin"),
     };
     let acl = Acl::new(&config.deployment_id, &manifest, &decisions)?;
     let plugin_config = match &args.plugin_config {

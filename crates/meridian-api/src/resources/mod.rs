@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod notifications;
 pub mod ops;
 pub mod orders;
+pub mod plugins;
 pub mod products;
 pub mod shipments;
 pub mod templates;

@@ -47,7 +47,7 @@ fn key_parts(token: &str) -> (String, String) {
     (id, token.to_owned())
 }
 
-async fn add_user(app: &TestApp, email: &str, role: Role) {
+pub(crate) async fn add_user(app: &TestApp, email: &str, role: Role) {
     app.store
         .create_user(
             app.tenant,
@@ -61,7 +61,7 @@ async fn add_user(app: &TestApp, email: &str, role: Role) {
         .unwrap();
 }
 
-async fn login(app: &TestApp, email: &str) -> Value {
+pub(crate) async fn login(app: &TestApp, email: &str) -> Value {
     let r = token_request(
         app,
         &[
@@ -795,6 +795,26 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
         "/v1/webhooks/0190a0a0-0000-7000-8000-000000000000/deliveries/0190a0a0-0000-7000-8000-000000000000/redeliver",
     ),
+    ("GET", "/v1/plugins", "/v1/plugins"),
+    ("POST", "/v1/plugins", "/v1/plugins"),
+    ("GET", "/v1/plugins/{plugin}", "/v1/plugins/nope"),
+    ("DELETE", "/v1/plugins/{plugin}", "/v1/plugins/nope"),
+    (
+        "POST",
+        "/v1/plugins/{plugin}/grants/{grant}/approve",
+        "/v1/plugins/nope/grants/0190a0a0-0000-7000-8000-000000000000/approve",
+    ),
+    (
+        "POST",
+        "/v1/plugins/{plugin}/grants/{grant}/deny",
+        "/v1/plugins/nope/grants/0190a0a0-0000-7000-8000-000000000000/deny",
+    ),
+    (
+        "GET",
+        "/v1/plugins/{plugin}/audit",
+        "/v1/plugins/nope/audit",
+    ),
+    ("GET", "/v1/plugin-audit", "/v1/plugin-audit"),
 ];
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod errors;
 mod inventory;
 mod ops;
 mod orders;
+mod plugins;
 mod products;
 mod support;
 mod templates;

@@ -52,7 +52,7 @@ impl TestApp {
         auth_config: impl FnOnce(&mut meridian_api::auth::AuthConfig),
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = meridian_store::open(
+        let (store, plugins) = meridian_store::open_with_plugins(
             StoreConfig::Sqlite(SqliteConfig {
                 path: dir.path().join("meridian.db"),
                 readers: 2,
@@ -73,6 +73,8 @@ impl TestApp {
             metrics: install_metrics(),
             config,
             auth: auth.clone(),
+            plugins,
+            plugin_status: None,
         };
         let (tenant, token) = create_tenant(store.as_ref(), "tenant-a").await;
         Self {

@@ -23,6 +23,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/postgres/0005_fulfillment.sql"),
     ),
     (6, include_str!("../../migrations/postgres/0006_notify.sql")),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_plugins.sql"),
+    ),
 ];
 
 /// Creates `schema` if given and applies every pending migration to it.

@@ -30,6 +30,7 @@ mod inventory;
 mod migrate;
 mod notify;
 mod orders;
+mod plugins;
 mod relay;
 mod rows;
 mod sql;

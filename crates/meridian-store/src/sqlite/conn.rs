@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0005_fulfillment.sql"),
     ),
     (6, include_str!("../../migrations/sqlite/0006_notify.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_plugins.sql")),
 ];
 
 /// The schema version this build writes.

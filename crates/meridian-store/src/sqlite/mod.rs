@@ -25,6 +25,7 @@ mod error;
 mod fulfillment;
 mod notify;
 mod outbox;
+mod plugins;
 mod queries;
 mod readers;
 mod rows;

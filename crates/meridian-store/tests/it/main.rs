@@ -1,9 +1,10 @@
 //! Integration tests of `meridian-store`: the backend-neutral conformance suite
-//! ([`conformance`]) run against every backend, plus each backend's own tests.
+//! ([`conformance`], and [`plugins`] for the plugin registry) run against every backend, plus each backend's own tests.
 
 mod conformance;
 mod fulfillment;
 mod notify;
+mod plugins;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;

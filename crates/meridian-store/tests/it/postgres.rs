@@ -145,6 +145,17 @@ crate::conformance::conformance_suite!(postgres_store);
 crate::fulfillment::fulfillment_suite!(postgres_store);
 crate::notify::notify_suite!(postgres_store);
 
+async fn postgres_plugins() -> crate::plugins::TestPlugins {
+    let schema = Schema::new();
+    let store = schema.open().await;
+    crate::plugins::TestPlugins {
+        store: Arc::new(store),
+        _guard: Box::new(schema),
+    }
+}
+
+crate::plugins::plugin_suite!(postgres_plugins);
+
 // --- PostgreSQL only ---
 
 fn one_unit(t: TenantId, key: Option<String>) -> PlaceOrder {
@@ -199,7 +210,7 @@ async fn concurrent_opens_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        [1, 2, 4, 5, 6],
+        [1, 2, 4, 5, 6, 7],
         "each migration applied exactly once"
     );
 

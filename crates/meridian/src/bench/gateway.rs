@@ -86,7 +86,7 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     );
     config.gateway.rate_limit.plans = meridian_gateway::Plans::with_specs(&specs)?;
 
-    let store = crate::server::open_store(&config).await?;
+    let (store, plugins) = crate::server::open_stores(&config).await?;
     let tenant = store.create_tenant("bench-gateway").await?;
     let key = store.create_api_key(tenant.id, "bench").await?;
     let auth = meridian_api::auth::AuthService::start(
@@ -99,6 +99,8 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     let limiter = meridian_gateway::RateLimiter::start(config.gateway.rate_limit.clone())?;
     let state = meridian_api::AppState {
         store,
+        plugins,
+        plugin_status: None,
         bus: None,
         metrics: meridian_api::install_metrics(),
         config: meridian_api::ApiConfig {

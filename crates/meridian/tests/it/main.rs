@@ -7,6 +7,8 @@ mod crash;
 mod events;
 mod fulfillment;
 mod gateway;
+mod manager;
+mod plugins;
 mod race;
 mod sidecar;
 mod support;
