@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
 use super::conn::immediate;
+use super::queries::into_page;
 use super::rows::{json, opt_parsed, opt_time, parsed, time, to_json, ts};
 use crate::notify::{
     AfterAttempt, Channel, DeliveryAttempt, NOTIFICATION_COLUMNS, NewNotification, NewTemplate,
@@ -14,7 +15,7 @@ use crate::notify::{
     TEMPLATE_COLUMNS, Template, TemplateId, TemplatePatch, WEBHOOK_COLUMNS, WebhookEndpoint,
     WebhookId, WebhookPatch, duplicate_template, stale_attempt,
 };
-use crate::{Page, PageRequest, Result, StoreError, decode_cursor, encode_cursor};
+use crate::{Page, PageRequest, Result, StoreError, decode_cursor};
 
 fn bad(i: usize, msg: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, msg.to_owned().into())
@@ -71,18 +72,6 @@ fn require_tenant(conn: &Connection, tenant: TenantId) -> Result<()> {
     known
         .map(|_| ())
         .ok_or_else(|| StoreError::not_found("tenant", tenant))
-}
-
-/// Splits the extra row fetched past `limit` off `items` and makes the next cursor from
-/// the last item kept.
-fn into_page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|last| encode_cursor(&key(last)))
-    } else {
-        None
-    };
-    Page { items, next_cursor }
 }
 
 fn webhook(r: &Row<'_>) -> rusqlite::Result<WebhookEndpoint> {

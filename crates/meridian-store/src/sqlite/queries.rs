@@ -27,7 +27,7 @@ fn page_size(page: &PageRequest) -> usize {
 }
 
 /// Cuts a fetch of `limit + 1` rows down to a page, with a cursor made from the last item.
-fn into_page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
+pub(super) fn into_page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|last| encode_cursor(&key(last)))
