@@ -9,6 +9,7 @@ mod fulfillment;
 mod gateway;
 mod manager;
 mod plugins;
+mod python_plugin;
 mod race;
 mod sidecar;
 mod support;
