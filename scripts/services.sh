@@ -104,7 +104,10 @@ ensure_kafka() {
 }
 
 case "$want" in
-  tests) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_kafka; ensure_redis ;;
+  tests)
+    ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_kafka; ensure_redis
+    # The Python plugin SDK's tests run the reference plugin under python3.
+    need_package python3 python3 ;;
   all) ensure_postgres; ensure_rabbitmq; ensure_nats; ensure_kafka; ensure_redis ;;
   postgres) ensure_postgres ;;
   rabbitmq) ensure_rabbitmq ;;
