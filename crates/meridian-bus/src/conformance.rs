@@ -41,6 +41,26 @@ use crate::{
 /// Opens a new client on a backend's durable state (see [`TestBus::reopen`]).
 pub type Reopen = Box<dyn Fn() -> BoxFuture<'static, Arc<dyn Bus>> + Send + Sync>;
 
+/// Runs `work` to completion on a thread of its own with a runtime of its own, and waits
+/// for it. Test guards clean up in `Drop`, which runs inside the test's runtime and cannot
+/// await there. `None` when the thread could not run it (no runtime, or a panic).
+pub fn finish_on_own_thread<F>(work: F) -> Option<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        Some(rt.block_on(work))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
 /// Stops a broker process and starts it again (see [`TestBus::restart_broker`]).
 pub type RestartBroker = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 

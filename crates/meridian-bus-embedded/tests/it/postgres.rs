@@ -40,26 +40,17 @@ impl Drop for Schema {
     fn drop(&mut self) {
         // Drop cannot await: run the DROP on a thread of its own with a small runtime.
         let (url, name) = (server_url(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                let driver = tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .await
-                    .map_err(std::io::Error::other)?;
-                drop(client);
-                let _ = driver.await;
-                Ok::<_, std::io::Error>(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
+        let dropped = meridian_bus::conformance::finish_on_own_thread(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .await?;
+            drop(client);
+            let _ = driver.await;
+            Ok::<_, tokio_postgres::Error>(())
+        });
+        if !matches!(dropped, Some(Ok(()))) {
             eprintln!("could not drop test schema {}: {dropped:?}", self.name);
         }
     }

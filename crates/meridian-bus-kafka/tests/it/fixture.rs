@@ -36,22 +36,13 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let url = self.url.clone();
         let deployment = self.deployment.clone();
-        let cleaner = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
+        meridian_bus::conformance::finish_on_own_thread(async move {
+            let work = async {
+                let bus = KafkaBus::connect(&url).await.ok()?;
+                bus.delete_deployment(&deployment).await.ok()
             };
-            rt.block_on(async {
-                let work = async {
-                    let bus = KafkaBus::connect(&url).await.ok()?;
-                    bus.delete_deployment(&deployment).await.ok()
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
-            });
+            tokio::time::timeout(Duration::from_secs(10), work).await
         });
-        let _ = cleaner.join();
     }
 }
 
@@ -323,26 +314,18 @@ impl Drop for TansuDatabase {
     fn drop(&mut self) {
         // Drop cannot await: run the DROP on a thread of its own with a small runtime.
         let (server, name) = (database_server_url(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                let driver = tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .map_err(std::io::Error::other)?;
-                drop(client);
-                let _ = driver.await;
-                Ok::<_, std::io::Error>(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
+        let dropped = meridian_bus::conformance::finish_on_own_thread(async move {
+            let (client, connection) =
+                tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+            drop(client);
+            let _ = driver.await;
+            Ok::<_, tokio_postgres::Error>(())
+        });
+        if !matches!(dropped, Some(Ok(()))) {
             eprintln!("could not drop test database {}: {dropped:?}", self.name);
         }
     }

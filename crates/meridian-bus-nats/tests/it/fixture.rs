@@ -43,22 +43,13 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let url = self.url.clone();
         let deployment = self.deployment.clone();
-        let cleaner = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
+        meridian_bus::conformance::finish_on_own_thread(async move {
+            let work = async {
+                let bus = NatsBus::connect(&url).await.ok()?;
+                bus.delete_deployment(&deployment).await.ok()
             };
-            rt.block_on(async {
-                let work = async {
-                    let bus = NatsBus::connect(&url).await.ok()?;
-                    bus.delete_deployment(&deployment).await.ok()
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
-            });
+            tokio::time::timeout(Duration::from_secs(10), work).await
         });
-        let _ = cleaner.join();
     }
 }
 

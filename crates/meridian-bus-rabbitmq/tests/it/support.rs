@@ -77,26 +77,19 @@ impl Drop for Teardown {
         let deployment = self.deployment.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on; a thread with a
         // runtime of its own does the deleting, and the test waits for it.
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a teardown runtime");
-            rt.block_on(async {
-                let bus = RabbitBus::connect(config(&url, &deployment)).await?;
-                let result = bus.delete_deployment(&deployment, &names).await;
-                bus.close();
-                result
-            })
-        })
-        .join();
+        let done = meridian_bus::conformance::finish_on_own_thread(async move {
+            let bus = RabbitBus::connect(config(&url, &deployment)).await?;
+            let result = bus.delete_deployment(&deployment, &names).await;
+            bus.close();
+            result
+        });
         match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!(
+            Some(Ok(())) => {}
+            Some(Err(e)) => eprintln!(
                 "teardown of deployment {deployment:?} failed: {e}",
                 deployment = self.deployment
             ),
-            Err(_) => eprintln!("teardown of deployment {:?} panicked", self.deployment),
+            None => eprintln!("teardown of deployment {:?} panicked", self.deployment),
         }
     }
 }
