@@ -116,9 +116,9 @@ async fn order_timeline_on_sqlite_with_the_embedded_bus() {
 }
 
 /// Deletes a deployment's JetStream streams when the test ends, pass or fail.
-struct Streams {
-    url: String,
-    deployment: String,
+pub(crate) struct Streams {
+    pub(crate) url: String,
+    pub(crate) deployment: String,
 }
 
 impl Drop for Streams {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::events::Streams;
 use crate::support::{Api, Db, Server, create_tenant};
 
 /// Polls `path` until `done` holds for its body.
@@ -212,34 +213,6 @@ async fn fulfillment_on_sqlite_with_the_embedded_bus() {
     let db = Db::sqlite();
     let server = Server::start(&db).await;
     fulfillment_end_to_end(&db, &server).await;
-}
-
-/// Deletes a deployment's JetStream streams when the test ends, pass or fail.
-struct Streams {
-    url: String,
-    deployment: String,
-}
-
-impl Drop for Streams {
-    fn drop(&mut self) {
-        let (url, deployment) = (self.url.clone(), self.deployment.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let work = async {
-                    let bus = meridian_bus_nats::NatsBus::connect(&url).await.ok()?;
-                    bus.delete_deployment(&deployment).await.ok()
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
-            });
-        })
-        .join();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
