@@ -151,7 +151,14 @@ pub fn required_permission(method: &Method, route: &str) -> Option<Permission> {
         (r, false) if r.starts_with("/v1/inventory/") => InventoryRead,
         (r, true) if r.starts_with("/v1/inventory/") => InventoryWrite,
         ("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/events", false) => OrdersRead,
-        ("/v1/orders" | "/v1/orders/{id}/cancel" | "/v1/orders/{id}/fulfill", true) => OrdersWrite,
+        (
+            "/v1/orders"
+            | "/v1/orders/{id}/cancel"
+            | "/v1/orders/{id}/fulfill"
+            | "/v1/orders/{id}/hold"
+            | "/v1/orders/{id}/release",
+            true,
+        ) => OrdersWrite,
         (
             "/v1/shipments"
             | "/v1/shipments/{id}"
@@ -326,6 +333,8 @@ mod tests {
             (Method::DELETE, "/v1/products/{sku}"),
             (Method::PUT, "/v1/inventory/{warehouse_code}/{sku}"),
             (Method::POST, "/v1/orders/{id}/cancel"),
+            (Method::POST, "/v1/orders/{id}/hold"),
+            (Method::POST, "/v1/orders/{id}/release"),
             (Method::POST, "/v1/dead-letters/{id}/replay"),
             (Method::GET, "/v1/shipments/{id}/label"),
             (Method::POST, "/v1/shipments/{id}/tracking"),

@@ -51,6 +51,9 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Rate limits, CORS and the services this process runs or forwards.
     pub gateway: GatewayConfig,
+    /// Whether webhook URLs may name loopback, private or link-local addresses
+    /// (`MERIDIAN_WEBHOOK_ALLOW_PRIVATE`); refused with a 422 by default.
+    pub webhook_address_guard: meridian_http::AddressGuard,
 }
 
 impl Default for ApiConfig {
@@ -59,6 +62,7 @@ impl Default for ApiConfig {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             gateway: GatewayConfig::default(),
+            webhook_address_guard: meridian_http::AddressGuard::STRICT,
         }
     }
 }
@@ -186,6 +190,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/events", get(orders::events))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/fulfill", post(orders::fulfill))
+        .route("/v1/orders/{id}/hold", post(orders::hold))
+        .route("/v1/orders/{id}/release", post(orders::release))
         // Shipments (the fulfillment service).
         .route("/v1/shipments", get(shipments::list))
         .route("/v1/shipments/{id}", get(shipments::get))

@@ -41,6 +41,8 @@ use crate::resources::{
         orders::events,
         orders::cancel,
         orders::fulfill,
+        orders::hold,
+        orders::release,
         shipments::list,
         shipments::get,
         shipments::label,

@@ -36,6 +36,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidTransition => StatusCode::CONFLICT,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::StockConflict => StatusCode::CONFLICT,
+        ErrorCode::OrderOnHold => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
@@ -67,6 +68,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         ErrorCode::InvalidTransition => "Invalid transition",
         ErrorCode::IdempotencyKeyReused => "Idempotency key reused",
         ErrorCode::StockConflict => "Stock conflict",
+        ErrorCode::OrderOnHold => "Order on hold",
         ErrorCode::Unavailable => "Service unavailable",
         ErrorCode::RateLimited => "Too many requests",
         ErrorCode::BadGateway => "Bad gateway",
@@ -292,7 +294,8 @@ impl From<StoreError> for Problem {
             | StoreError::InvalidTransition { .. }
             | StoreError::IllegalTransition(_)
             | StoreError::IdempotencyKeyReused(_)
-            | StoreError::StockConflict(_) => Problem::new(code, err.to_string()),
+            | StoreError::StockConflict(_)
+            | StoreError::OrderOnHold(_) => Problem::new(code, err.to_string()),
         }
     }
 }

@@ -54,7 +54,7 @@ impl Default for BenchOptions {
         Self {
             messages: 1_000_000,
             batch: 256,
-            track_unacked: true,
+            track_unacked: false,
             // The low-latency setting: a stream this dense never parks its consumer.
             spin: Duration::from_micros(20),
             receive_batch: 256,

@@ -32,19 +32,31 @@ pub const DEAD_LETTER_TYPE: &str = "meridian.bus.dead_letter";
 #[error("{reason}")]
 pub struct HandlerError {
     pub reason: String,
+    /// Retrying cannot help (the message itself is refused): it goes to the dead letters
+    /// at once instead of after the last attempt.
+    pub permanent: bool,
 }
 
 impl HandlerError {
     pub fn new(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure no retry can fix: the message is dead-lettered on this attempt.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            permanent: true,
         }
     }
 }
 
 impl From<String> for HandlerError {
     fn from(reason: String) -> Self {
-        Self { reason }
+        Self::new(reason)
     }
 }
 
@@ -570,7 +582,7 @@ impl Step<'_> {
                     Outcome::Unsettled
                 }
             },
-            Err(e) if !self.policy.exhausted(attempt) => {
+            Err(e) if !e.permanent && !self.policy.exhausted(attempt) => {
                 warn!(reason = %e.reason, "handler failed; retrying later");
                 self.nack(delivery).await
             }

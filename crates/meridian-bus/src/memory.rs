@@ -28,13 +28,18 @@
 //!   topic was validated.
 //! - Payload size is the length of the message's encoded envelope.
 //!
-//! Redelivery: a nack hands the message back (`Delivery::nack`), so nacks never need a
-//! copy. Redelivering a delivery that is *abandoned* (dropped unsettled, left unacked past
-//! `ack_wait`, or held by a subscription that is dropped) needs a copy of the message taken
-//! at delivery; [`MemoryBusConfig::track_unacked`] (on by default) keeps one. Turning it off
-//! saves a clone per delivery for consumers that always settle, such as [`crate::consumer`]
-//! (which turns handler panics into nacks); an abandoned delivery is then lost, with a
-//! warning.
+//! Redelivery needs no copy of the message in the usual cases: a nack hands the message
+//! back (`Delivery::nack`), and a delivery dropped without an ack or a nack (*abandoned*:
+//! a handler that panicked or returned early, a consumer task that was cancelled) hands
+//! its own message back as it is dropped, and is redelivered at once. A delivery still
+//! held when its subscription is dropped is redelivered to the group when it is dropped in
+//! turn (and not at all if it is acked). What a copy is needed for is a delivery that is
+//! *held* past its `ack_wait` by a handler that is stuck: the bus cannot take it back from
+//! the handler, so [`MemoryBusConfig::track_unacked`] keeps a copy of each delivery to
+//! redeliver then. That copy costs two reference-count updates and their release per
+//! message (tens of nanoseconds, more than the rest of the delivery), so it is off by
+//! default: in one process a consumer that fails drops its deliveries, and a stuck one is
+//! a bug the copy would turn into concurrent duplicates.
 //!
 //! Lock order: registry → routes → group → member queue → member's tracked copies.
 
@@ -51,7 +56,7 @@ use async_trait::async_trait;
 use meridian_core::{Topic, valid_segment};
 use parking_lot::{Mutex, RwLock};
 use tokio::time::{Instant, Sleep};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     Bus, BusError, Capabilities, Delivery, MAX_PAYLOAD_BYTES, Message, StartAt, SubscribeOptions,
@@ -67,8 +72,11 @@ const ROUTE_CACHE_LIMIT: usize = 4096;
 /// How the memory bus trades safety for speed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryBusConfig {
-    /// Keep a copy of each delivered message until it is settled, so that an abandoned
-    /// delivery is redelivered. Costs one clone of the message per delivery.
+    /// Keep a copy of each delivered message until it is settled, so that a delivery held
+    /// past its `ack_wait` without being settled is redelivered (from the copy) and a
+    /// dropped subscription's unsettled deliveries go back to the group at once. Costs one
+    /// clone of the message per delivery. Off by default: abandoned (dropped) deliveries
+    /// are redelivered without it.
     pub track_unacked: bool,
     /// How long a consumer that has run out of messages keeps polling for new ones before
     /// it parks. Waking a parked task costs microseconds (a futex call and a context
@@ -83,7 +91,7 @@ pub struct MemoryBusConfig {
 impl Default for MemoryBusConfig {
     fn default() -> Self {
         Self {
-            track_unacked: true,
+            track_unacked: false,
             spin: Duration::ZERO,
         }
     }
@@ -289,6 +297,33 @@ impl Tracked {
         Some(copy)
     }
 
+    /// Settles deliveries `seqs` (acknowledged together), dropping their copies in place;
+    /// returns how many were still tracked. The common case, a run starting at the oldest
+    /// tracked delivery, drains the front of the queue.
+    fn remove_range(&mut self, seqs: std::ops::Range<u64>) -> usize {
+        let start = seqs.start.saturating_sub(self.first);
+        let end = seqs.end.saturating_sub(self.first);
+        let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
+            return 0;
+        };
+        let end = end.min(self.slots.len());
+        if start >= end {
+            return 0;
+        }
+        let removed = if start == 0 {
+            let removed = self.slots.drain(..end).filter(Option::is_some).count();
+            self.first += end as u64;
+            removed
+        } else {
+            self.slots
+                .range_mut(start..end)
+                .filter_map(Option::take)
+                .count()
+        };
+        self.trim();
+        removed
+    }
+
     fn trim(&mut self) {
         while let Some(None) = self.slots.front() {
             self.slots.pop_front();
@@ -333,6 +368,11 @@ impl MemoryBus {
                 next_member: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// The settings the bus was made with.
+    pub fn config(&self) -> MemoryBusConfig {
+        self.inner.config
     }
 
     /// Shuts the bus down: publishing fails and every subscription's `next` returns
@@ -551,18 +591,14 @@ impl Member {
     }
 
     /// Settles deliveries `seqs` (acknowledged together) with one lock and one in-flight
-    /// update; the copies are dropped after the lock is released.
+    /// update. The copies are dropped under the lock, which only the consumer's side takes.
     fn settle_range(&self, seqs: std::ops::Range<u64>) {
         if !self.track_unacked {
             self.release_many((seqs.end - seqs.start) as usize);
             return;
         }
-        let mut copies = Vec::new();
-        {
-            let mut tracked = self.tracked.lock();
-            copies.extend(seqs.filter_map(|seq| tracked.remove(seq)));
-        }
-        self.release_many(copies.len());
+        let settled = self.tracked.lock().remove_range(seqs);
+        self.release_many(settled);
     }
 
     /// Redelivers `pending`, after `delay` if given: to this member while it is
@@ -596,19 +632,16 @@ pub(crate) struct MemoryAck {
     member: Arc<Member>,
     seq: u64,
     attempt: u32,
-    settled: bool,
 }
 
 impl MemoryAck {
     /// Acknowledges; the tracked copy is dropped outside the lock.
     pub(crate) fn ack(&mut self) {
-        self.settled = true;
         drop(self.member.settle(self.seq));
     }
 
     /// Redelivers `message` after `delay`, with the attempt count raised.
     pub(crate) fn nack_with(&mut self, message: Message, delay: Duration) {
-        self.settled = true;
         let copy = self.member.settle(self.seq);
         // With tracking, no copy means the ack wait expired and the message was already
         // redelivered; requeueing it again would duplicate it.
@@ -627,23 +660,15 @@ impl MemoryAck {
     }
 }
 
-impl Drop for MemoryAck {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        // Abandoned: neither acked nor nacked. Redeliver now rather than after the ack
-        // wait: in-process, a dropped delivery is certainly not being worked on.
-        match self.member.settle(self.seq) {
-            Some(u) => self.redeliver(u.message, None),
-            None if !self.member.track_unacked => {
-                warn!(
-                    "memory bus delivery dropped without ack or nack; it is lost because \
-                     track_unacked is off"
-                );
-            }
-            // Already redelivered after its ack wait.
-            None => {}
+impl MemoryAck {
+    /// The delivery was dropped without an ack or a nack: redeliver `message` now rather
+    /// than after the ack wait. With tracking, a delivery whose ack wait already expired
+    /// was redelivered from its copy and is not redelivered again.
+    pub(crate) fn abandon(&mut self, message: &Message) {
+        let copy = self.member.settle(self.seq);
+        if copy.is_some() || !self.member.track_unacked {
+            drop(copy);
+            self.redeliver(message.clone(), None);
         }
     }
 }
@@ -658,8 +683,7 @@ pub(crate) struct AckRun {
 }
 
 impl AckRun {
-    pub(crate) fn push(&mut self, mut ack: MemoryAck) {
-        ack.settled = true;
+    pub(crate) fn push(&mut self, ack: MemoryAck) {
         let continues = self.seqs.end == ack.seq
             && self
                 .member
@@ -748,7 +772,6 @@ impl MemorySubscription {
                 member: self.member.clone(),
                 seq,
                 attempt: p.attempt,
-                settled: false,
             };
             out.push(Delivery::memory(p.message, p.attempt, ack));
             next = if out.len() < max {
@@ -914,7 +937,6 @@ impl MemorySubscription {
             member: self.member.clone(),
             seq,
             attempt: p.attempt,
-            settled: false,
         };
         Delivery::memory(p.message, p.attempt, ack)
     }

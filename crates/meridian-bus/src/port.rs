@@ -113,10 +113,23 @@ pub struct Delivery {
 }
 
 /// How a delivery is settled: through its backend's boxed [`AckHandle`], or, on the memory
-/// bus, by its member and sequence number, without an allocation per delivery.
+/// bus, by its member and sequence number, without an allocation per delivery. `Done` once
+/// it was acked or nacked.
 enum Settle {
     Boxed(Box<dyn AckHandle>),
     Memory(MemoryAck),
+    Done,
+}
+
+/// A memory-bus delivery dropped without an ack or a nack is *abandoned*: it hands its
+/// message back to the bus, which redelivers it at once (in process, a dropped delivery is
+/// certainly not being worked on). Broker backends' handles redeliver after the ack wait.
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Settle::Memory(ack) = &mut self.settle {
+            ack.abandon(&self.message);
+        }
+    }
 }
 
 impl std::fmt::Debug for Delivery {
@@ -156,26 +169,36 @@ impl Delivery {
     }
 
     /// Done: never deliver this message to this consumer again.
-    pub async fn ack(self) -> Result<(), BusError> {
-        match self.settle {
+    pub async fn ack(mut self) -> Result<(), BusError> {
+        match self.take_settle() {
             Settle::Boxed(handle) => handle.ack().await,
             Settle::Memory(mut ack) => {
-                drop(self.message);
+                drop(self);
                 ack.ack();
                 Ok(())
             }
+            Settle::Done => Ok(()),
         }
     }
 
     /// Not done: deliver it again after `delay`.
-    pub async fn nack(self, delay: Duration) -> Result<(), BusError> {
-        match self.settle {
-            Settle::Boxed(handle) => handle.nack_with(self.message, delay).await,
+    pub async fn nack(mut self, delay: Duration) -> Result<(), BusError> {
+        // A nack is the rare path: the message is handed back as a copy (reference counts)
+        // so that the delivery itself stays whole until it is dropped.
+        match self.take_settle() {
+            Settle::Boxed(handle) => handle.nack_with(self.message.clone(), delay).await,
             Settle::Memory(mut ack) => {
-                ack.nack_with(self.message, delay);
+                ack.nack_with(self.message.clone(), delay);
                 Ok(())
             }
+            Settle::Done => Ok(()),
         }
+    }
+
+    /// Takes the settling handle out, leaving `Done`, so that dropping the delivery
+    /// afterwards does not count as abandoning it.
+    fn take_settle(&mut self) -> Settle {
+        std::mem::replace(&mut self.settle, Settle::Done)
     }
 
     /// Acknowledges every delivery, in order, as [`Delivery::ack`] would, settling in place
@@ -186,11 +209,9 @@ impl Delivery {
     /// abandoned delivery is.
     pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BusError> {
         let mut run = crate::memory::AckRun::default();
-        for d in deliveries {
-            let Delivery {
-                message, settle, ..
-            } = d;
-            drop(message);
+        for mut d in deliveries {
+            let settle = d.take_settle();
+            drop(d);
             match settle {
                 Settle::Memory(ack) => run.push(ack),
                 Settle::Boxed(mut handle) => {
@@ -200,6 +221,7 @@ impl Delivery {
                         None => handle.ack().await?,
                     }
                 }
+                Settle::Done => {}
             }
         }
         run.finish();

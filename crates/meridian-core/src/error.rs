@@ -37,6 +37,9 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     /// A stock adjustment would take on-hand below what is reserved or below zero.
     StockConflict,
+    /// The order is on hold (a fraud screen or an operator held it): its shipments get no
+    /// label and cannot ship, and it cannot be fulfilled, until the hold is released.
+    OrderOnHold,
     /// A dependency (the store) cannot be reached right now; retry later.
     Unavailable,
     /// The tenant (or client) sent more requests than its plan allows; retry after the
@@ -61,7 +64,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::MalformedRequest,
         ErrorCode::ValidationFailed,
         ErrorCode::PayloadTooLarge,
@@ -76,6 +79,7 @@ impl ErrorCode {
         ErrorCode::InvalidTransition,
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::StockConflict,
+        ErrorCode::OrderOnHold,
         ErrorCode::Unavailable,
         ErrorCode::RateLimited,
         ErrorCode::BadGateway,
@@ -103,6 +107,7 @@ impl ErrorCode {
             ErrorCode::InvalidTransition => "invalid_transition",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::StockConflict => "stock_conflict",
+            ErrorCode::OrderOnHold => "order_on_hold",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BadGateway => "bad_gateway",

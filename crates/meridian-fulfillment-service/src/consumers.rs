@@ -20,6 +20,8 @@ pub const SHIPMENTS_CONSUMER: &str = "fulfillment-shipments";
 pub const LABELS_CONSUMER: &str = "fulfillment-labels";
 /// Fulfils orders whose shipments have all shipped.
 pub const ORDERS_CONSUMER: &str = "fulfillment-orders";
+/// Makes the labels a hold deferred, once it is released.
+pub const RELEASES_CONSUMER: &str = "fulfillment-releases";
 
 /// The envelope a message carries: the one place this service reads it from a message.
 fn envelope(message: &Message) -> &Envelope {
@@ -209,6 +211,7 @@ pub struct LabelMaker {
     store: Arc<dyn Store>,
     labels: Arc<dyn LabelStore>,
     carriers: HashMap<String, Arc<dyn Carrier>>,
+    await_screening: bool,
 }
 
 impl std::fmt::Debug for LabelMaker {
@@ -238,7 +241,15 @@ impl LabelMaker {
                 .into_iter()
                 .map(|c| (c.name().to_owned(), c))
                 .collect(),
+            await_screening: false,
         }
+    }
+
+    /// With `true`, a shipment's label also waits until a screening plugin has decided on
+    /// its order (`order.screened`, `order.held` or `order.released` brings it back).
+    pub fn await_screening(mut self, on: bool) -> Self {
+        self.await_screening = on;
+        self
     }
 
     /// Makes the label of one shipment if it is still pending.
@@ -253,6 +264,22 @@ impl LabelMaker {
             .await
             .map_err(|e| store_failed("read the shipment", e))?;
         if shipment.status != ShipmentStatus::Pending {
+            return Ok(());
+        }
+        // A held order's shipments wait: the hold's release (`order.released`) brings them
+        // back here through [`HoldReleases`].
+        let holds = self
+            .store
+            .holds()
+            .order_hold(tenant, shipment.order_id)
+            .await
+            .map_err(|e| store_failed("read the order's hold", e))?;
+        if let Some(hold) = holds.hold {
+            tracing::info!(shipment.id = %id, order.id = %shipment.order_id, hold.source = %hold.source, "order on hold: label deferred until the hold is released");
+            return Ok(());
+        }
+        if self.await_screening && holds.screening.is_none() {
+            tracing::debug!(shipment.id = %id, order.id = %shipment.order_id, "label deferred until the order is screened");
             return Ok(());
         }
         let carrier = self.carriers.get(&shipment.carrier).ok_or_else(|| {
@@ -276,6 +303,11 @@ impl LabelMaker {
         {
             Ok(_) => {
                 tracing::debug!(shipment.id = %id, "label created");
+                Ok(())
+            }
+            // Held while the carrier was working: the release makes the label again.
+            Err(StoreError::OrderOnHold(order)) => {
+                tracing::info!(shipment.id = %id, order.id = %order, "order held while its label was made: deferred until the hold is released");
                 Ok(())
             }
             // Canceled while the carrier was working: nothing more to do.
@@ -303,6 +335,62 @@ impl Handler for LabelMaker {
             )));
         }
         self.make_label(shipment.tenant_id, shipment.id).await
+    }
+}
+
+/// `deployment.{d}.platform.oms.order.*`, acting on `order.released` and `order.screened`:
+/// a held order's hold was released (or, with screening awaited, the order was screened),
+/// so its shipments that the label step left pending get their labels now. Driven by the
+/// outbox event of the release, so no deferred label is lost and nothing polls; idempotent
+/// like [`LabelMaker::make_label`], which checks the hold again (a shipment already
+/// labelled, or an order still held, is left alone).
+pub struct HoldReleases {
+    labels: Arc<LabelMaker>,
+}
+
+impl std::fmt::Debug for HoldReleases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HoldReleases").finish_non_exhaustive()
+    }
+}
+
+impl HoldReleases {
+    pub fn new(labels: Arc<LabelMaker>) -> Self {
+        Self { labels }
+    }
+}
+
+#[async_trait]
+impl Handler for HoldReleases {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        let e = envelope(message);
+        if e.ty != "meridian.oms.order.released" && e.ty != "meridian.oms.order.screened" {
+            return Ok(());
+        }
+        let order: OrderId = e
+            .subject
+            .parse()
+            .map_err(|_| HandlerError::new(format!("event {} has no order id subject", e.id)))?;
+        let store = &self.labels.store;
+        let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
+        loop {
+            let p = store
+                .fulfillment()
+                .list_shipments(e.tenant, Some(order), page.clone())
+                .await
+                .map_err(|err| store_failed("list the order's shipments", err))?;
+            for s in p
+                .items
+                .iter()
+                .filter(|s| s.status == ShipmentStatus::Pending)
+            {
+                self.labels.make_label(s.tenant_id, s.id).await?;
+            }
+            match p.next_cursor {
+                Some(c) => page.cursor = Some(c),
+                None => return Ok(()),
+            }
+        }
     }
 }
 

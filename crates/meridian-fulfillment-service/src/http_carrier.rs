@@ -38,6 +38,8 @@ pub struct HttpCarrierConfig {
     pub base_url: String,
     /// The limit on one call, connection included.
     pub timeout: Duration,
+    /// Trust for an https carrier (the system roots plus `MERIDIAN_HTTP_CA_FILE`).
+    pub outbound: meridian_http::Outbound,
 }
 
 impl HttpCarrierConfig {
@@ -49,6 +51,7 @@ impl HttpCarrierConfig {
             name: Self::DEFAULT_NAME.into(),
             base_url: base_url.into(),
             timeout: Self::DEFAULT_TIMEOUT,
+            outbound: meridian_http::Outbound::system(),
         }
     }
 }
@@ -79,7 +82,9 @@ struct LabelResponse {
 
 impl HttpCarrier {
     pub fn new(config: HttpCarrierConfig) -> Result<Self, CarrierError> {
-        let http = reqwest::Client::builder()
+        let http = config
+            .outbound
+            .builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .build()

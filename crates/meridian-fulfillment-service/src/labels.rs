@@ -1,4 +1,5 @@
-//! The label object-store port and its local-directory backend.
+//! The label object-store port and its local-directory backend (the S3 backend is in
+//! `s3_labels`, behind the `s3` feature).
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,9 @@ pub trait LabelStore: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LabelStoreError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LabelStoreError>;
+    /// Whether the store can be used now: checked at start-up (a failure stops it) and
+    /// reported by `/readyz`.
+    async fn check(&self) -> Result<(), LabelStoreError>;
 }
 
 /// Checks a key: non-empty segments of `[A-Za-z0-9._-]` separated by `/`, none `.` or `..`.
@@ -45,6 +49,34 @@ pub fn check_key(key: &str) -> Result<(), LabelStoreError> {
     } else {
         Err(LabelStoreError::InvalidKey(key.to_owned()))
     }
+}
+
+/// Splits `s3://bucket[/prefix]` into a bucket (3 to 63 of `a-z 0-9 - .`, not starting or
+/// ending with `-` or `.`) and a prefix without slashes at either end (segments as in
+/// [`check_key`], or empty). The error says which part is wrong.
+pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| "expected s3://bucket[/prefix]".to_owned())?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !bucket.starts_with(['-', '.'])
+        && !bucket.ends_with(['-', '.']);
+    if !bucket_ok {
+        return Err(format!(
+            "the bucket {bucket:?} must be 3 to 63 lower-case letters, digits, '-' or '.'"
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() && check_key(prefix).is_err() {
+        return Err(format!(
+            "the prefix {prefix:?} must be segments of letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok((bucket.to_owned(), prefix.to_owned()))
 }
 
 /// Labels as files under a directory (by default `{MERIDIAN_DATA_DIR}/objects`): a key is a
@@ -114,6 +146,16 @@ impl LabelStore for LocalLabelStore {
         })
         .await
         .map_err(|e| LabelStoreError::Unavailable(format!("label reader stopped: {e}")))?
+    }
+
+    /// Creates the directory if needed and checks that it is one.
+    async fn check(&self) -> Result<(), LabelStoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&root).map_err(|e| unavailable("create", &root, e))
+        })
+        .await
+        .map_err(|e| LabelStoreError::Unavailable(format!("label store check stopped: {e}")))?
     }
 }
 

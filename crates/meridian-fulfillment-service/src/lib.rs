@@ -1,6 +1,6 @@
 //! The fulfillment service: from a confirmed order to its parcels on their way.
 //!
-//! Three consumers on the bus, each idempotent (delivery is at least once), each run by
+//! Four consumers on the bus, each idempotent (delivery is at least once), each run by
 //! [`meridian_bus::consumer`]'s loop (retries with backoff and jitter, then `<topic>.dlq`
 //! and the store's dead letters, which an operator replays):
 //!
@@ -14,6 +14,13 @@
 //!   label step, apart from creation. The carrier is called and the PDF stored through the
 //!   [`LabelStore`] with no database transaction open; then the shipment records its
 //!   tracking number and label (pending → label_created).
+//! - [`HoldReleases`] (`fulfillment-releases`, on `platform.oms.order.*`, acting on
+//!   `order.released` and `order.screened`): the label step for the shipments a hold kept
+//!   waiting. While an order is held ([`meridian_store::HoldStore`]) the label step leaves
+//!   its shipments pending, and the store refuses to record a label or a shipped update for
+//!   them; the release's outbox event brings them back, so no label is lost and nothing
+//!   polls. With [`Fulfillment::await_screening`], a label also waits for the order's
+//!   first screening result.
 //! - [`OrderFulfiller`] (`fulfillment-orders`, on `platform.fulfillment.shipment.shipped`):
 //!   once every shipment of an order has shipped, the core's fulfil transition commits its
 //!   stock. Driven by the outbox event of the shipped update, so a crash between the two
@@ -22,7 +29,8 @@
 //! Carriers sit behind [`Carrier`]: [`ManualCarrier`] renders its labels itself,
 //! [`HttpCarrier`] asks a carrier API at a base URL (one attempt per call, under a time
 //! limit; the label consumer owns the retries). Labels are kept through the [`LabelStore`]
-//! port; [`LocalLabelStore`] keeps them in a directory. [`WebhookSecret`] checks carriers'
+//! port; [`LocalLabelStore`] keeps them in a directory, `S3LabelStore` (feature `s3`) in an
+//! S3-compatible bucket. [`WebhookSecret`] checks carriers'
 //! signed tracking webhooks (Standard Webhooks, HMAC-SHA256) and [`LabelUrlSigner`] makes
 //! and checks pre-signed label links.
 //!
@@ -32,6 +40,10 @@ mod carrier;
 mod consumers;
 mod http_carrier;
 mod labels;
+#[cfg(feature = "s3")]
+mod s3_labels;
+#[cfg(feature = "s3-test-server")]
+pub mod s3_test_server;
 mod signed_url;
 mod webhook;
 
@@ -44,11 +56,13 @@ use tokio::sync::watch;
 
 pub use carrier::{Carrier, CarrierError, CarrierLabel, ManualCarrier};
 pub use consumers::{
-    LABELS_CONSUMER, LabelMaker, ORDERS_CONSUMER, OrderFulfiller, SHIPMENTS_CONSUMER,
-    ShipmentPlanner, label_key,
+    HoldReleases, LABELS_CONSUMER, LabelMaker, ORDERS_CONSUMER, OrderFulfiller, RELEASES_CONSUMER,
+    SHIPMENTS_CONSUMER, ShipmentPlanner, label_key,
 };
 pub use http_carrier::{HttpCarrier, HttpCarrierConfig};
-pub use labels::{LabelStore, LabelStoreError, LocalLabelStore, check_key};
+pub use labels::{LabelStore, LabelStoreError, LocalLabelStore, check_key, parse_s3_url};
+#[cfg(feature = "s3")]
+pub use s3_labels::{S3LabelStore, S3LabelStoreConfig};
 pub use signed_url::{LabelUrlSigner, MAX_EXPIRY_SECONDS};
 pub use webhook::{TOLERANCE_SECONDS, WebhookError, WebhookSecret, hmac_sha256};
 
@@ -60,6 +74,9 @@ pub struct Fulfillment {
     /// The carriers labels can be made with; the first is the one new shipments get.
     pub carriers: Vec<Arc<dyn Carrier>>,
     pub retry: RetryPolicy,
+    /// Labels wait until a screening plugin has decided on the order (off by default: a
+    /// hold that arrives after the label still keeps the parcel from shipping).
+    pub await_screening: bool,
 }
 
 impl std::fmt::Debug for Fulfillment {
@@ -77,7 +94,7 @@ impl std::fmt::Debug for Fulfillment {
 
 /// One consumer: its name, the topics it reads, and whether it starts from the earliest
 /// message the bus keeps.
-fn consumers(deployment: &str) -> Result<[(&'static str, TopicPattern); 3], BusError> {
+fn consumers(deployment: &str) -> Result<[(&'static str, TopicPattern); 4], BusError> {
     let d = deployment;
     Ok([
         (
@@ -95,6 +112,10 @@ fn consumers(deployment: &str) -> Result<[(&'static str, TopicPattern); 3], BusE
             TopicPattern::parse(&format!(
                 "deployment.{d}.platform.fulfillment.shipment.shipped"
             ))?,
+        ),
+        (
+            RELEASES_CONSUMER,
+            TopicPattern::parse(&format!("deployment.{d}.platform.oms.order.*"))?,
         ),
     ])
 }
@@ -128,6 +149,7 @@ impl Fulfillment {
             labels,
             carriers: vec![Arc::new(ManualCarrier)],
             retry: RetryPolicy::default(),
+            await_screening: false,
         }
     }
 
@@ -141,7 +163,7 @@ impl Fulfillment {
         Ok(())
     }
 
-    /// Runs the three consumers until `shutdown` turns `true`.
+    /// Runs the four consumers until `shutdown` turns `true`.
     pub async fn run(
         self,
         bus: Arc<dyn Bus>,
@@ -149,7 +171,7 @@ impl Fulfillment {
         dead_letters: Arc<dyn DeadLetterSink>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), BusError> {
-        let [planner, labels, orders] = consumers(deployment)?;
+        let [planner, labels, orders, releases] = consumers(deployment)?;
         let carrier = self
             .carriers
             .first()
@@ -177,17 +199,19 @@ impl Fulfillment {
             dead_letters.clone(),
             shutdown.clone(),
         );
+        let label_maker = Arc::new(
+            LabelMaker::new(
+                self.store.clone(),
+                self.labels.clone(),
+                self.carriers.clone(),
+            )
+            .await_screening(self.await_screening),
+        );
         tokio::try_join!(
             plan,
-            run(
-                labels,
-                Arc::new(LabelMaker::new(
-                    self.store.clone(),
-                    self.labels.clone(),
-                    self.carriers.clone()
-                ))
-            ),
+            run(labels, label_maker.clone()),
             run(orders, Arc::new(OrderFulfiller::new(self.store.clone()))),
+            run(releases, Arc::new(HoldReleases::new(label_maker))),
         )?;
         Ok(())
     }

@@ -146,6 +146,8 @@ async fn main() {
         store.clone(),
         WorkerConfig {
             concurrency: 128,
+            // The receiver listens on 127.0.0.1.
+            address_guard: meridian_http::AddressGuard::ALLOW_PRIVATE,
             ..WorkerConfig::default()
         },
         wake,

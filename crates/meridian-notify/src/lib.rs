@@ -24,6 +24,7 @@ pub mod email;
 pub mod events;
 pub mod limit;
 pub mod retry;
+pub mod secrets;
 pub mod signing;
 pub mod sms;
 pub mod templates;
@@ -32,4 +33,5 @@ pub mod worker;
 
 pub use consumer::{NotifyConsumer, declare, run_consumers};
 pub use retry::RetryPolicy;
+pub use secrets::SecretSealer;
 pub use worker::{Wake, WorkerConfig, run_worker};

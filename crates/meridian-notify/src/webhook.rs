@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use meridian_store::notify::{Notification, WebhookEndpoint};
 
 use crate::retry::{Outcome, parse_retry_after};
+use crate::secrets::SecretSealer;
 use crate::signing;
 
 /// The longest URL an endpoint may have.
@@ -33,9 +34,15 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// The HTTP client deliveries go out through: no redirects (a redirect is a refusal), a
-/// per-request timeout, pooled connections.
-pub fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+/// per-request timeout, pooled connections, https trusting `outbound`'s roots, and unless
+/// `guard` allows private addresses, every resolved address checked at connect time.
+pub fn client(
+    timeout: Duration,
+    outbound: &meridian_http::Outbound,
+    guard: meridian_http::AddressGuard,
+) -> reqwest::Client {
+    outbound
+        .guarded_builder(guard)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())
@@ -45,41 +52,81 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .expect("the webhook HTTP client builds")
 }
 
+/// The client for providers the operator configured (the SMS provider): no address guard.
+pub fn provider_client(timeout: Duration, outbound: &meridian_http::Outbound) -> reqwest::Client {
+    outbound
+        .builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("Meridian-Notify/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the provider HTTP client builds")
+}
+
 /// The secrets that sign a delivery now: the current one, and the previous one while its
-/// rotation grace period lasts.
-pub fn signing_secrets(endpoint: &WebhookEndpoint, now: meridian_core::Timestamp) -> Vec<&str> {
-    let mut secrets = vec![endpoint.secret.as_str()];
+/// rotation grace period lasts, opened with `sealer` if they are sealed at rest.
+pub fn signing_secrets(
+    endpoint: &WebhookEndpoint,
+    sealer: Option<&SecretSealer>,
+    now: meridian_core::Timestamp,
+) -> Result<Vec<String>, crate::secrets::SecretError> {
+    let open = |stored: &str| crate::secrets::open(sealer, endpoint.tenant_id, stored);
+    let mut secrets = vec![open(&endpoint.secret)?];
     if let (Some(prev), Some(until)) = (
         endpoint.previous_secret.as_deref(),
         endpoint.previous_secret_expires_at,
     ) && until > now
     {
-        secrets.push(prev);
+        secrets.push(open(prev)?);
     }
-    secrets
+    Ok(secrets)
 }
 
 /// Posts `notification`'s payload to `endpoint`, signed, and says how it went and how long
 /// it took.
 pub async fn deliver(
     client: &reqwest::Client,
+    guard: meridian_http::AddressGuard,
+    sealer: Option<&SecretSealer>,
     endpoint: &WebhookEndpoint,
     notification: &Notification,
 ) -> (Outcome, Duration) {
+    // A literal address never reaches the client's resolver: checked here, at send time.
+    match reqwest::Url::parse(&endpoint.url) {
+        Ok(url) => {
+            if let Err(why) = guard.check_url(&url) {
+                return (
+                    Outcome::Undeliverable(format!("the endpoint's address is refused: {why}")),
+                    Duration::ZERO,
+                );
+            }
+        }
+        Err(e) => {
+            return (
+                Outcome::Undeliverable(format!("the endpoint URL is invalid: {e}")),
+                Duration::ZERO,
+            );
+        }
+    }
     let now = meridian_core::now();
     let id = notification.id.to_string();
     let timestamp = now.timestamp();
     let body = notification.payload.as_bytes();
-    let signature =
-        match signing::signature_header(&signing_secrets(endpoint, now), &id, timestamp, body) {
-            Ok(s) => s,
-            Err(e) => {
-                return (
-                    Outcome::Transport(format!("cannot sign: {e}")),
-                    Duration::ZERO,
-                );
-            }
-        };
+    let secrets = match signing_secrets(endpoint, sealer, now) {
+        Ok(s) => s,
+        Err(e) => return (Outcome::Undeliverable(e.to_string()), Duration::ZERO),
+    };
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let signature = match signing::signature_header(&secrets, &id, timestamp, body) {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                Outcome::Transport(format!("cannot sign: {e}")),
+                Duration::ZERO,
+            );
+        }
+    };
     let started = Instant::now();
     let result = client
         .post(&endpoint.url)
@@ -105,10 +152,25 @@ pub async fn deliver(
         Err(e) if e.is_timeout() => {
             Outcome::Transport("the endpoint did not answer in time".into())
         }
+        Err(e) if is_refused_address(&e) => Outcome::Undeliverable(
+            "the endpoint's host resolves only to non-public addresses".into(),
+        ),
         Err(e) if e.is_connect() => Outcome::Transport("cannot connect to the endpoint".into()),
         Err(e) => Outcome::Transport(format!("the request failed: {e}")),
     };
     (outcome, started.elapsed())
+}
+
+/// Whether the request failed because the address guard refused every address.
+fn is_refused_address(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<meridian_http::guard::NotPublic>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 #[cfg(test)]

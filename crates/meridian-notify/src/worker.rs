@@ -47,6 +47,14 @@ pub struct WorkerConfig {
     pub tenant_rate_per_second: u32,
     /// How many sends a tenant may make at once above its rate.
     pub tenant_burst: u32,
+    /// Trust for https receivers and providers (system roots plus `MERIDIAN_HTTP_CA_FILE`).
+    pub outbound: meridian_http::Outbound,
+    /// Whether tenant webhooks may reach loopback, private and link-local addresses
+    /// (`MERIDIAN_WEBHOOK_ALLOW_PRIVATE`); refused by default.
+    pub address_guard: meridian_http::AddressGuard,
+    /// Opens webhook secrets sealed at rest; without it only secrets stored in the clear
+    /// sign (a sealed one makes the delivery fail, naming why).
+    pub secrets: Option<crate::secrets::SecretSealer>,
 }
 
 impl Default for WorkerConfig {
@@ -63,6 +71,9 @@ impl Default for WorkerConfig {
             breaker_cooldown: Duration::from_secs(30),
             tenant_rate_per_second: 0,
             tenant_burst: 100,
+            outbound: meridian_http::Outbound::system(),
+            address_guard: meridian_http::AddressGuard::STRICT,
+            secrets: None,
         }
     }
 }
@@ -92,6 +103,14 @@ impl Wake {
     }
 }
 
+/// The worker's HTTP clients: tenant webhooks go through the address guard; the SMS
+/// provider, which the operator configured, does not.
+#[derive(Clone)]
+struct Clients {
+    webhooks: reqwest::Client,
+    providers: reqwest::Client,
+}
+
 /// Runs the worker until `shutdown` turns `true`, then waits for the deliveries in flight
 /// (each bounded by the request timeout).
 pub async fn run_worker(
@@ -100,7 +119,14 @@ pub async fn run_worker(
     wake: Wake,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let client = webhook::client(config.request_timeout);
+    let clients = Clients {
+        webhooks: webhook::client(
+            config.request_timeout,
+            &config.outbound,
+            config.address_guard,
+        ),
+        providers: webhook::provider_client(config.request_timeout, &config.outbound),
+    };
     let breakers = Arc::new(Breakers::new(
         config.breaker_threshold,
         config.breaker_cooldown,
@@ -178,16 +204,16 @@ pub async fn run_worker(
                 }
                 continue;
             }
-            let (store, client, config, breakers) = (
+            let (store, clients, config, breakers) = (
                 store.clone(),
-                client.clone(),
+                clients.clone(),
                 config.clone(),
                 breakers.clone(),
             );
             tasks.spawn(async move {
                 deliver_one(
                     store.as_ref(),
-                    &client,
+                    &clients,
                     &config,
                     &breakers,
                     endpoint.as_deref(),
@@ -228,7 +254,7 @@ async fn endpoints_of(
 
 async fn deliver_one(
     store: &dyn NotifyStore,
-    client: &reqwest::Client,
+    clients: &Clients,
     config: &WorkerConfig,
     breakers: &Breakers,
     endpoint: Option<&WebhookEndpoint>,
@@ -239,7 +265,17 @@ async fn deliver_one(
     // `usable`: the channel can be retried (an endpoint that is gone or a channel without
     // a provider fails at once).
     let ((outcome, duration), usable) = match (n.channel, endpoint) {
-        (Channel::Webhook, Some(e)) if e.enabled => (webhook::deliver(client, e, &n).await, true),
+        (Channel::Webhook, Some(e)) if e.enabled => (
+            webhook::deliver(
+                &clients.webhooks,
+                config.address_guard,
+                config.secrets.as_ref(),
+                e,
+                &n,
+            )
+            .await,
+            true,
+        ),
         (Channel::Webhook, Some(_)) => (gone("the endpoint is disabled"), false),
         (Channel::Webhook, None) => (gone("the endpoint was deleted"), false),
         (Channel::Email, _) => match &config.email {
@@ -248,7 +284,7 @@ async fn deliver_one(
         },
         (Channel::Sms, _) => match &config.sms {
             Some(sms) => (
-                crate::sms::send(client, sms, &n.recipient, &n.payload).await,
+                crate::sms::send(&clients.providers, sms, &n.recipient, &n.payload).await,
                 true,
             ),
             None => (gone("no sms provider is configured"), false),

@@ -103,6 +103,9 @@ impl std::fmt::Display for OrderAction {
 pub struct Customer {
     pub email: String,
     pub name: Option<String>,
+    /// E.164 (`+` and 8 to 15 digits), for SMS notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +145,24 @@ impl Customer {
         if let Some(name) = &self.name {
             check_text(errors, "customer.name", name, false);
         }
+        if let Some(phone) = &self.phone
+            && !is_e164(phone)
+        {
+            errors.push(
+                "customer.phone",
+                "must be an E.164 phone number such as +493012345678",
+            );
+        }
     }
+}
+
+/// `+` then 8 to 15 digits, the first not 0.
+fn is_e164(phone: &str) -> bool {
+    phone.strip_prefix('+').is_some_and(|digits| {
+        (8..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
 }
 
 impl Address {
@@ -318,6 +338,7 @@ mod tests {
         let bad = Customer {
             email: "nope".into(),
             name: None,
+            phone: None,
         };
         let addr = Address {
             name: None,
@@ -344,5 +365,30 @@ mod tests {
                 "shipping_address.country"
             ]
         );
+    }
+
+    #[test]
+    fn a_customer_phone_must_be_e164() {
+        let with = |phone: &str| {
+            let c = Customer {
+                email: "ana@example.com".into(),
+                name: None,
+                phone: Some(phone.into()),
+            };
+            let mut errors = ValidationErrors::default();
+            c.check(&mut errors);
+            errors.0.iter().map(|f| f.field.clone()).collect::<Vec<_>>()
+        };
+        assert!(with("+493012345678").is_empty());
+        for bad in [
+            "493012345678",
+            "+49 30 1234",
+            "+0123456789",
+            "+1234567",
+            "+1234567890123456",
+            "+49x0123456",
+        ] {
+            assert_eq!(with(bad), ["customer.phone"], "{bad}");
+        }
     }
 }

@@ -25,6 +25,11 @@
 //!   nothing and one commit serves many events. [`run_order_events`] runs it with
 //!   [`meridian_bus::consumer::run_batched`] (several deliveries in flight; per-message
 //!   retries, then a dead letter).
+//! - [`FraudDecisions`] (consumer [`FRAUD_DECISIONS_CONSUMER`], `orders-fraud-decisions`,
+//!   on `platform.oms.fraud.decision`) applies screening plugins' hold and approve
+//!   decisions to orders through [`HoldStore::apply_screening`], in one transaction with
+//!   its inbox row; a decision whose tenant does not own the order, or that is not a
+//!   decision, is dead-lettered with the reason and changes nothing.
 //! - [`StoreDeadLetterSink`] records dead letters in the store, where the API and the CLI
 //!   list them, and [`replay_dead_letter`] publishes one's original message again.
 //!
@@ -41,10 +46,12 @@
 //!
 //! [`Store::record_order_events`]: meridian_store::Store::record_order_events
 //! [`Store::try_lock_relay`]: meridian_store::Store::try_lock_relay
+//! [`HoldStore::apply_screening`]: meridian_store::HoldStore::apply_screening
 
 mod dead_letters;
 mod projection;
 mod relay;
+mod screening;
 
 pub use dead_letters::{ReplayError, StoreDeadLetterSink, replay_dead_letter, to_record};
 pub use projection::{
@@ -52,3 +59,7 @@ pub use projection::{
     order_events_pattern, run_order_events,
 };
 pub use relay::{OUTBOX_LAG, OUTBOX_UNSENT, RELAY_ACTIVE, Relay, RelayConfig, RelayError};
+pub use screening::{
+    FRAUD_DECISIONS, FRAUD_DECISIONS_CONSUMER, FraudDecisions, declare_fraud_decisions,
+    fraud_decisions_pattern, run_fraud_decisions, screen_name,
+};

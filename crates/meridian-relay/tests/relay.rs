@@ -16,7 +16,8 @@ use meridian_core::{EventSource, Money, Quantity, TenantId};
 use meridian_inventory::NewWarehouse;
 use meridian_orders::{AllocationStrategy, Order, OrderLineRequest, OrderRequest, PlaceOrder};
 use meridian_relay::{
-    Relay, RelayConfig, RelayError, StoreDeadLetterSink, replay_dead_letter, run_order_events,
+    FRAUD_DECISIONS_CONSUMER, FraudDecisions, Relay, RelayConfig, RelayError, StoreDeadLetterSink,
+    replay_dead_letter, run_order_events,
 };
 use meridian_store::sqlite::SqliteConfig;
 use meridian_store::{Store, StoreConfig};
@@ -395,4 +396,225 @@ async fn one_relay_publishes_and_a_standby_takes_over_when_it_stops() {
         watch_all.next().now_or_never().is_none(),
         "a row was published twice"
     );
+}
+
+/// A `platform.oms.fraud.decision` message as the fraud-screen plugin's sidecar publishes it.
+fn decision(tenant: TenantId, data: serde_json::Value) -> Message {
+    let env = meridian_core::Envelope::new(
+        "/meridian/relaytest/plugins/fraud-screen",
+        "meridian.oms.fraud.decision",
+        tenant,
+        data["order_id"].as_str().unwrap_or("none").to_owned(),
+        meridian_core::now(),
+        data,
+    );
+    let topic =
+        meridian_core::Topic::parse("deployment.relaytest.platform.oms.fraud.decision").unwrap();
+    Message::new(topic, env)
+}
+
+/// The `order.held` and `order.released` outbox events of one order.
+async fn hold_events(store: &dyn Store, order: &Order) -> Vec<String> {
+    store
+        .outbox_after(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.envelope.subject == order.id.to_string()
+                && (r.envelope.ty.ends_with(".order.held")
+                    || r.envelope.ty.ends_with(".order.released"))
+        })
+        .map(|r| r.envelope.ty)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fraud_decision_delivered_twice_holds_the_order_once() {
+    use meridian_bus::Handler;
+    let f = fixture().await;
+    let order = place(&f).await;
+    let handler = FraudDecisions::new(f.store.clone());
+    let hold = decision(
+        f.tenant,
+        serde_json::json!({"order_id": order.id, "decision": "hold", "reason": "total amount 100 is above 50"}),
+    );
+    handler.handle(&hold).await.unwrap();
+    handler.handle(&hold).await.unwrap();
+    let state = f
+        .store
+        .holds()
+        .order_hold(f.tenant, order.id)
+        .await
+        .unwrap();
+    let h = state.hold.unwrap();
+    assert_eq!(h.source, "fraud-screen");
+    assert_eq!(h.reason, "total amount 100 is above 50");
+    assert_eq!(
+        hold_events(f.store.as_ref(), &order).await,
+        ["meridian.oms.order.held"]
+    );
+
+    // The screen's approval releases its hold, once.
+    let approve = decision(
+        f.tenant,
+        serde_json::json!({"order_id": order.id, "decision": "approve", "reason": "reviewed"}),
+    );
+    handler.handle(&approve).await.unwrap();
+    handler.handle(&approve).await.unwrap();
+    let state = f
+        .store
+        .holds()
+        .order_hold(f.tenant, order.id)
+        .await
+        .unwrap();
+    assert_eq!(state.hold, None);
+    assert_eq!(state.screening.unwrap().reason, "reviewed");
+    assert_eq!(
+        hold_events(f.store.as_ref(), &order).await,
+        ["meridian.oms.order.held", "meridian.oms.order.released"]
+    );
+}
+
+#[tokio::test]
+async fn a_decision_naming_another_tenant_s_order_is_refused_and_changes_nothing() {
+    use meridian_bus::Handler;
+    let f = fixture().await;
+    let order = place(&f).await;
+    let other = f.store.create_tenant("other").await.unwrap().id;
+    let handler = FraudDecisions::new(f.store.clone());
+    let err = handler
+        .handle(&decision(
+            other,
+            serde_json::json!({"order_id": order.id, "decision": "hold", "reason": "x"}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.reason.contains("has no order"), "{}", err.reason);
+    assert!(err.reason.contains(&other.to_string()), "{}", err.reason);
+    let state = f
+        .store
+        .holds()
+        .order_hold(f.tenant, order.id)
+        .await
+        .unwrap();
+    assert_eq!(state, Default::default());
+    assert!(hold_events(f.store.as_ref(), &order).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_decision_for_a_canceled_order_changes_nothing() {
+    use meridian_bus::Handler;
+    let f = fixture().await;
+    let order = place(&f).await;
+    f.store
+        .transition_order(f.tenant, order.id, meridian_orders::OrderAction::Cancel)
+        .await
+        .unwrap();
+    let handler = FraudDecisions::new(f.store.clone());
+    handler
+        .handle(&decision(
+            f.tenant,
+            serde_json::json!({"order_id": order.id, "decision": "hold", "reason": "x"}),
+        ))
+        .await
+        .unwrap();
+    let state = f
+        .store
+        .holds()
+        .order_hold(f.tenant, order.id)
+        .await
+        .unwrap();
+    assert_eq!(state, Default::default());
+    assert!(hold_events(f.store.as_ref(), &order).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_payload_that_is_not_a_decision_is_refused_with_its_reason() {
+    use meridian_bus::Handler;
+    let f = fixture().await;
+    let order = place(&f).await;
+    let handler = FraudDecisions::new(f.store.clone());
+    for (data, want) in [
+        (
+            serde_json::json!({"decision": "hold"}),
+            "not a fraud decision",
+        ),
+        (
+            serde_json::json!({"order_id": "nope", "decision": "hold"}),
+            "is not an order id",
+        ),
+        (
+            serde_json::json!({"order_id": order.id, "decision": "maybe"}),
+            "must be \"hold\" or \"approve\"",
+        ),
+    ] {
+        let err = handler
+            .handle(&decision(f.tenant, data.clone()))
+            .await
+            .unwrap_err();
+        assert!(err.reason.contains(want), "{data}: {}", err.reason);
+    }
+    assert!(hold_events(f.store.as_ref(), &order).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_running_consumer_dead_letters_a_bad_decision_in_the_store() {
+    let f = fixture().await;
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let (stop, shutdown) = watch::channel(false);
+    let sink = Arc::new(StoreDeadLetterSink::new(f.store.clone()));
+    // Declared first: the durable consumer keeps what is published before it runs.
+    meridian_relay::declare_fraud_decisions(bus.as_ref(), "relaytest")
+        .await
+        .unwrap();
+    let consumer = tokio::spawn(meridian_relay::run_fraud_decisions(
+        bus.clone(),
+        f.store.clone(),
+        "relaytest",
+        sink,
+        shutdown,
+    ));
+    let order = place(&f).await;
+    let other = f.store.create_tenant("other").await.unwrap().id;
+    bus.publish(decision(
+        other,
+        serde_json::json!({"order_id": order.id, "decision": "hold", "reason": "x"}),
+    ))
+    .await
+    .unwrap();
+    bus.publish(decision(
+        f.tenant,
+        serde_json::json!({"order_id": order.id, "decision": "hold", "reason": "big"}),
+    ))
+    .await
+    .unwrap();
+    // The good decision is applied; the other tenant's is dead-lettered under its tenant.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let page = f
+            .store
+            .list_dead_letters(Some(other), Default::default())
+            .await
+            .unwrap();
+        let held = f
+            .store
+            .holds()
+            .order_hold(f.tenant, order.id)
+            .await
+            .unwrap();
+        if let (Some(d), Some(_)) = (page.items.first(), held.hold) {
+            break d.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.consumer, FRAUD_DECISIONS_CONSUMER);
+    assert!(dead.reason.contains("has no order"), "{}", dead.reason);
+    assert_eq!(
+        hold_events(f.store.as_ref(), &order).await,
+        ["meridian.oms.order.held"]
+    );
+    stop.send(true).unwrap();
+    consumer.await.unwrap().unwrap();
 }

@@ -26,6 +26,10 @@ pub enum StoreError {
     IdempotencyKeyReused(String),
     #[error("{0}")]
     StockConflict(String),
+    /// The order is on hold: its shipments get no label and do not ship, and it is not
+    /// fulfilled, until the hold is released.
+    #[error("order {0} is on hold; release the hold first")]
+    OrderOnHold(OrderId),
     #[error(transparent)]
     Validation(#[from] ValidationErrors),
     /// The backend cannot be reached or is shutting down; the operation did not happen.
@@ -48,6 +52,7 @@ impl StoreError {
             }
             StoreError::IdempotencyKeyReused(_) => ErrorCode::IdempotencyKeyReused,
             StoreError::StockConflict(_) => ErrorCode::StockConflict,
+            StoreError::OrderOnHold(_) => ErrorCode::OrderOnHold,
             StoreError::Validation(_) => ErrorCode::ValidationFailed,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Internal(_) => ErrorCode::Internal,

@@ -68,7 +68,7 @@ pub trait FulfillmentStore: Send + Sync {
     /// Records the carrier's label: a pending shipment gets its tracking number and label
     /// key and becomes `label_created` (with its event). A shipment that already has a
     /// label is returned unchanged (a retried label step). `IllegalTransition` for a
-    /// canceled shipment.
+    /// canceled shipment; `OrderOnHold`, writing nothing, while its order is held.
     async fn record_label(
         &self,
         tenant: TenantId,
@@ -80,7 +80,8 @@ pub trait FulfillmentStore: Send + Sync {
     /// Moves a shipment to `status` (shipped, delivered, exception or canceled) through the
     /// state machine, with the carrier's `detail`, and writes the status's event. A repeat
     /// of the current status changes nothing and writes nothing. `IllegalTransition` when
-    /// the state machine forbids it.
+    /// the state machine forbids it; `OrderOnHold` for `label_created → shipped` while the
+    /// shipment's order is held.
     async fn update_shipment_status(
         &self,
         tenant: TenantId,
@@ -106,6 +107,12 @@ impl From<IllegalShipmentTransition> for StoreError {
     fn from(e: IllegalShipmentTransition) -> Self {
         StoreError::IllegalTransition(e.to_string())
     }
+}
+
+/// Whether moving a shipment from `from` to `to` sends it out of the warehouse: the step a
+/// hold on its order forbids (a shipment already on its way is left to the carrier).
+pub(crate) fn ships_from_warehouse(from: ShipmentStatus, to: ShipmentStatus) -> bool {
+    to == ShipmentStatus::Shipped && from == ShipmentStatus::LabelCreated
 }
 
 /// The shipments of `planned` that belong to one order of one tenant, or a validation

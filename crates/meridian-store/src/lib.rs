@@ -13,6 +13,7 @@
 mod cursor;
 mod error;
 mod fulfillment;
+mod holds;
 mod keys;
 pub mod notify;
 mod plugins;
@@ -24,6 +25,10 @@ pub mod sqlite;
 pub use cursor::{decode_cursor, encode_cursor};
 pub use error::StoreError;
 pub use fulfillment::FulfillmentStore;
+pub use holds::{
+    API_SOURCE, HoldChange, HoldStore, MAX_REASON_CHARS, OrderHold, OrderHoldState, Screening,
+    ScreeningDecision, ScreeningOutcome,
+};
 pub use keys::{ApiKeySecret, hash_secret, parse_api_key};
 pub use notify::NotifyStore;
 pub use plugins::{

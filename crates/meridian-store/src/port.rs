@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use meridian_catalog::{NewProduct, Product, ProductPatch};
 use meridian_core::{
-    ApiKeyId, Envelope, OrderId, Sku, TenantId, Timestamp, Topic, UserId, WarehouseCode,
+    ApiKeyId, Envelope, EventId, OrderId, Sku, TenantId, Timestamp, Topic, UserId, WarehouseCode,
 };
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
@@ -18,6 +18,43 @@ pub struct Tenant {
     /// The tenant's plan (`standard` unless set): the gateway's rate limits read it.
     pub plan: String,
     pub created_at: Timestamp,
+}
+
+/// A warehouse's count of one SKU, as a stock snapshot event carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StockSnapshot {
+    /// The event's id: the inbox key.
+    pub event_id: EventId,
+    /// The event's tenant: the only tenant whose stock it may change.
+    pub tenant: TenantId,
+    pub warehouse: WarehouseCode,
+    pub sku: Sku,
+    pub on_hand: i64,
+    /// When the count was taken.
+    pub counted_at: Timestamp,
+}
+
+impl StockSnapshot {
+    /// The ledger reason of the stock take it makes.
+    pub fn reason(&self) -> String {
+        format!(
+            "warehouse stock snapshot counted at {} (event {})",
+            self.counted_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.event_id
+        )
+    }
+}
+
+/// What applying a stock snapshot did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    /// The level now holds the count.
+    Applied(StockLevel),
+    /// The event was applied before (a redelivery): nothing changed.
+    Duplicate,
+    /// A snapshot counted later was applied already: nothing changed.
+    Stale { last_counted_at: Timestamp },
 }
 
 /// The plan a tenant starts on.
@@ -260,6 +297,9 @@ pub trait Store: crate::NotifyStore + Send + Sync + 'static {
     /// The shipments of the fulfillment service, in the same database.
     fn fulfillment(&self) -> &dyn crate::FulfillmentStore;
 
+    /// Order holds and screening results, in the same database.
+    fn holds(&self) -> &dyn crate::HoldStore;
+
     /// Succeeds when the store answers a trivial query.
     async fn ping(&self) -> Result<()>;
 
@@ -423,7 +463,7 @@ pub trait Store: crate::NotifyStore + Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Page<Order>>;
     /// Cancel releases the reservation; fulfil commits it. `InvalidTransition` when the
-    /// state machine forbids the action.
+    /// state machine forbids the action; `OrderOnHold` when fulfilling a held order.
     async fn transition_order(
         &self,
         tenant: TenantId,
@@ -466,6 +506,20 @@ pub trait Store: crate::NotifyStore + Send + Sync + 'static {
     /// The recorded events of one order, oldest first. `NotFound` if the tenant has no such
     /// order (including another tenant's order).
     async fn order_events(&self, tenant: TenantId, order: OrderId) -> Result<Vec<OrderEvent>>;
+
+    // --- warehouse stock snapshots ---
+    /// Applies a warehouse's stock count as a stock take (as `set_stock` does: the level,
+    /// a `set` ledger row and `platform.data.stock.changed`, with the same rule that the
+    /// count may not go below what is reserved), behind the inbox row `(consumer, event id)`
+    /// in the same transaction, so a redelivered snapshot is applied once. A snapshot
+    /// counted before the last one applied to the same level changes nothing but the inbox
+    /// (`Stale`). Errors write nothing: `NotFound` for an unknown warehouse or SKU,
+    /// `StockConflict` for a count below the reserved units.
+    async fn apply_stock_snapshot(
+        &self,
+        consumer: &str,
+        snapshot: &StockSnapshot,
+    ) -> Result<SnapshotOutcome>;
 
     // --- dead letters ---
     // `tenant: None` is the operator's view across tenants (the CLI); the API always

@@ -57,9 +57,10 @@ pub struct BusArgs {
     /// next and ack per message.
     #[arg(long, default_value_t = 256)]
     receive_batch: usize,
-    /// memory: keep no copy of delivered messages (see MemoryBusConfig::track_unacked).
+    /// memory: keep a copy of each delivered message, so one held past its ack wait is
+    /// redelivered (MemoryBusConfig::track_unacked; off by default).
     #[arg(long)]
-    untracked: bool,
+    track_unacked: bool,
     /// memory: microseconds an idle consumer spins before parking (MemoryBusConfig::spin).
     #[arg(long, default_value_t = 20)]
     spin_us: u64,
@@ -173,7 +174,7 @@ async fn run_bus_memory(args: &BusArgs) -> Result<()> {
     let options = meridian_bus::bench::BenchOptions {
         messages: args.messages.unwrap_or(1_000_000),
         batch: args.batch.unwrap_or(256),
-        track_unacked: !args.untracked,
+        track_unacked: args.track_unacked,
         spin: Duration::from_micros(args.spin_us),
         receive_batch: args.receive_batch,
     };

@@ -33,6 +33,7 @@ struct FileConfig {
     auth: Option<crate::auth_config::AuthFile>,
     fulfillment: Option<crate::fulfillment_config::FulfillmentFile>,
     notify: Option<crate::notify_config::NotifyFile>,
+    http_ca_file: Option<PathBuf>,
 }
 
 /// `[rate_limits]` in `meridian.toml`.
@@ -135,6 +136,9 @@ pub struct Config {
     pub fulfillment: crate::fulfillment_config::FulfillmentSettings,
     /// Email providers and webhook delivery (`MERIDIAN_SMTP_*`, `MERIDIAN_WEBHOOK_*`).
     pub notify: crate::notify_config::NotifySettings,
+    /// How outbound HTTP clients trust servers: the system roots plus the certificates of
+    /// `MERIDIAN_HTTP_CA_FILE`.
+    pub outbound: meridian_http::Outbound,
 }
 
 impl Config {
@@ -309,7 +313,16 @@ impl Config {
             file_config.notify.unwrap_or_default(),
             &env,
         )?;
+        let outbound = match env("MERIDIAN_HTTP_CA_FILE")
+            .map(PathBuf::from)
+            .or(file_config.http_ca_file)
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(path) => meridian_http::Outbound::with_ca_file(&path)?,
+            None => meridian_http::Outbound::system(),
+        };
         Ok(Config {
+            outbound,
             gateway,
             auth,
             fulfillment,
@@ -543,6 +556,13 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load_from(Some(Path::new("/dev/null")), |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn the_http_ca_file_is_read_at_start() {
+        assert!(load(&[]).unwrap().outbound.ca_file().is_none());
+        let e = load(&[("MERIDIAN_HTTP_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert!(e.to_string().contains("MERIDIAN_HTTP_CA_FILE"), "{e}");
     }
 
     #[test]

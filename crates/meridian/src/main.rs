@@ -135,6 +135,8 @@ enum DeadLettersCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Outbound https (webhooks, carriers, S3) runs on rustls with `ring`.
+    meridian_http::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -168,6 +170,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 std::env::var(k).ok()
             }
+        })?,
+        // `meridian dev` is a single developer's machine: webhook receivers on localhost are
+        // the norm, so private addresses are allowed unless the variable says otherwise.
+        Command::Dev => Config::load_from(cli.config.as_deref(), |k| {
+            std::env::var(k)
+                .ok()
+                .or_else(|| (k == "MERIDIAN_WEBHOOK_ALLOW_PRIVATE").then(|| "true".to_owned()))
         })?,
         _ => Config::load(cli.config.as_deref())?,
     };

@@ -32,6 +32,8 @@ pub struct NotifyFile {
     pub tenant_rate: Option<u32>,
     /// Sends a tenant may burst above its rate.
     pub tenant_burst: Option<u32>,
+    /// Whether tenant webhooks may reach loopback, private and link-local addresses.
+    pub webhook_allow_private: Option<bool>,
 }
 
 /// The validated settings.
@@ -42,6 +44,8 @@ pub struct NotifySettings {
     pub tenant_rate: u32,
     pub tenant_burst: u32,
     pub webhook_timeout: Duration,
+    /// `MERIDIAN_WEBHOOK_ALLOW_PRIVATE`: tenant webhooks may reach non-public addresses.
+    pub webhook_allow_private: bool,
 }
 
 impl NotifySettings {
@@ -121,18 +125,30 @@ impl NotifySettings {
             100,
             100_000,
         )?;
+        let webhook_allow_private = match env("MERIDIAN_WEBHOOK_ALLOW_PRIVATE") {
+            None => file.webhook_allow_private.unwrap_or(false),
+            Some(v) => match v.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => bail!("invalid MERIDIAN_WEBHOOK_ALLOW_PRIVATE={v:?}: expected true or false"),
+            },
+        };
         Ok(Self {
             email,
             sms,
             tenant_rate,
             tenant_burst,
             webhook_timeout,
+            webhook_allow_private,
         })
     }
 
     /// The delivery worker's configuration.
     pub fn worker(&self) -> WorkerConfig {
         WorkerConfig {
+            address_guard: meridian_http::AddressGuard {
+                allow_private: self.webhook_allow_private,
+            },
             request_timeout: self.webhook_timeout,
             email: self.email.clone(),
             sms: self.sms.clone(),
@@ -155,6 +171,20 @@ mod tests {
         NotifySettings::load(NotifyFile::default(), &move |k| {
             vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
+    }
+
+    #[test]
+    fn private_webhook_addresses_are_refused_unless_allowed() {
+        let s = load(&[]).unwrap();
+        assert!(!s.webhook_allow_private);
+        assert!(!s.worker().address_guard.allow_private);
+        let s = load(&[("MERIDIAN_WEBHOOK_ALLOW_PRIVATE", "true")]).unwrap();
+        assert!(s.worker().address_guard.allow_private);
+        let e = load(&[("MERIDIAN_WEBHOOK_ALLOW_PRIVATE", "maybe")]).unwrap_err();
+        assert!(
+            e.to_string().contains("MERIDIAN_WEBHOOK_ALLOW_PRIVATE"),
+            "{e}"
+        );
     }
 
     #[test]

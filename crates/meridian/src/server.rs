@@ -1,6 +1,6 @@
 //! Opening the store and the bus, and serving the API until a shutdown signal, with the
-//! outbox relay, the order-events projection and the fulfillment consumers running beside
-//! it.
+//! outbox relay, the order-events projection, the fraud-decisions consumer, the
+//! fulfillment consumers and the stock snapshot consumer running beside it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,12 +96,18 @@ impl Background {
     /// Starts the order-events projection consumer, then the outbox relay. With several
     /// servers on one database, only the relay holding the database's relay lock publishes;
     /// the others stand by and take over within about a second if it goes away.
-    fn start(config: &Config, store: &Arc<dyn Store>, bus: &Arc<dyn Bus>) -> Background {
+    fn start(
+        config: &Config,
+        store: &Arc<dyn Store>,
+        bus: &Arc<dyn Bus>,
+        labels: &Arc<dyn LabelStore>,
+        secrets: meridian_notify::SecretSealer,
+    ) -> Background {
         let (stop, shutdown) = watch::channel(false);
         let fulfillment = {
             let (bus, shutdown) = (bus.clone(), shutdown.clone());
             let deployment = config.deployment_id.clone();
-            let service = fulfillment_service(config, store);
+            let service = fulfillment_service(config, store, labels.clone());
             let sink = Arc::new(StoreDeadLetterSink::new(store.clone()));
             tokio::spawn(async move {
                 if let Err(e) = service.run(bus, &deployment, sink, shutdown).await {
@@ -123,7 +129,33 @@ impl Background {
                 }
             })
         };
-        let (notify_consumer, notify_worker) = start_notifications(config, store, bus, &shutdown);
+        let fraud_decisions = {
+            let (bus, store, shutdown) = (bus.clone(), store.clone(), shutdown.clone());
+            let deployment = config.deployment_id.clone();
+            tokio::spawn(async move {
+                let sink = Arc::new(StoreDeadLetterSink::new(store.clone()));
+                if let Err(e) =
+                    meridian_relay::run_fraud_decisions(bus, store, &deployment, sink, shutdown)
+                        .await
+                {
+                    tracing::error!(error = %e, "the fraud-decisions consumer stopped");
+                }
+            })
+        };
+        let stock_snapshots = {
+            let (bus, store, shutdown) = (bus.clone(), store.clone(), shutdown.clone());
+            let deployment = config.deployment_id.clone();
+            tokio::spawn(async move {
+                let sink = Arc::new(StoreDeadLetterSink::new(store.clone()));
+                if let Err(e) =
+                    meridian_inventory_service::run(bus, store, &deployment, sink, shutdown).await
+                {
+                    tracing::error!(error = %e, "the stock snapshot consumer stopped");
+                }
+            })
+        };
+        let (notify_consumer, notify_worker) =
+            start_notifications(config, store, bus, secrets, &shutdown);
         let relay = Relay::new(store.clone(), bus.clone(), RelayConfig::default());
         let relay = tokio::spawn(relay.run(shutdown));
         Background {
@@ -131,6 +163,8 @@ impl Background {
             tasks: vec![
                 ("order-events consumer", projection),
                 ("fulfillment consumers", fulfillment),
+                ("fraud-decisions consumer", fraud_decisions),
+                ("stock snapshot consumer", stock_snapshots),
                 ("notification consumer", notify_consumer),
                 ("webhook delivery worker", notify_worker),
                 ("outbox relay", relay),
@@ -156,6 +190,7 @@ fn start_notifications(
     config: &Config,
     store: &Arc<dyn Store>,
     bus: &Arc<dyn Bus>,
+    secrets: meridian_notify::SecretSealer,
     shutdown: &watch::Receiver<bool>,
 ) -> (JoinHandle<()>, JoinHandle<()>) {
     let wake = meridian_notify::Wake::new();
@@ -175,7 +210,11 @@ fn start_notifications(
     };
     let worker = tokio::spawn(meridian_notify::run_worker(
         store.clone(),
-        config.notify.worker(),
+        meridian_notify::WorkerConfig {
+            outbound: config.outbound.clone(),
+            secrets: Some(secrets),
+            ..config.notify.worker()
+        },
         wake,
         shutdown.clone(),
     ));
@@ -185,11 +224,17 @@ fn start_notifications(
 /// The fulfillment consumers' parts: the label store, and the carriers (the HTTP carrier
 /// first, so new shipments get it, when `MERIDIAN_CARRIER_URL` is set; the built-in
 /// `manual` carrier always, for shipments that already name it).
-fn fulfillment_service(config: &Config, store: &Arc<dyn Store>) -> Fulfillment {
-    let mut service = Fulfillment::new(store.clone(), label_store(config));
+fn fulfillment_service(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    labels: Arc<dyn LabelStore>,
+) -> Fulfillment {
+    let mut service = Fulfillment::new(store.clone(), labels);
+    service.await_screening = config.fulfillment.await_screening;
     if let Some(url) = &config.fulfillment.carrier_url {
         let http = HttpCarrierConfig {
             timeout: config.fulfillment.carrier_timeout,
+            outbound: config.outbound.clone(),
             ..HttpCarrierConfig::new(url.clone())
         };
         match HttpCarrier::new(http) {
@@ -200,9 +245,53 @@ fn fulfillment_service(config: &Config, store: &Arc<dyn Store>) -> Fulfillment {
     service
 }
 
-/// Where shipping labels are kept: the directory `{MERIDIAN_DATA_DIR}/objects`.
-pub fn label_store(config: &Config) -> Arc<dyn LabelStore> {
-    Arc::new(LocalLabelStore::new(config.data_dir.join("objects")))
+/// How long start-up waits for the label store's check.
+const LABEL_STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where shipping labels are kept (`MERIDIAN_LABEL_STORE`): by default the directory
+/// `{MERIDIAN_DATA_DIR}/objects`, or an S3 bucket. Checked now, so a missing bucket,
+/// refused credentials or an endpoint that does not answer stop the start with the reason.
+pub async fn open_label_store(config: &Config) -> Result<Arc<dyn LabelStore>> {
+    use crate::fulfillment_config::LabelStoreSetting;
+    let (labels, what): (Arc<dyn LabelStore>, String) = match &config.fulfillment.label_store {
+        LabelStoreSetting::Local(dir) => {
+            let dir = dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("objects"));
+            let what = format!("the label directory {}", dir.display());
+            (Arc::new(LocalLabelStore::new(dir)), what)
+        }
+        #[cfg(feature = "label-store-s3")]
+        LabelStoreSetting::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            allow_http,
+            aws,
+        } => {
+            use meridian_fulfillment_service::{S3LabelStore, S3LabelStoreConfig};
+            let mut s3 = S3LabelStoreConfig::from_url(&format!("s3://{bucket}/{prefix}"))
+                .map_err(anyhow::Error::msg)?;
+            s3.endpoint = endpoint.clone();
+            s3.allow_http = *allow_http;
+            s3.aws = aws.0.clone();
+            s3.outbound = config.outbound.clone();
+            let what = format!("the S3 label store s3://{bucket}/{prefix} (MERIDIAN_LABEL_STORE)");
+            let store = S3LabelStore::new(s3).with_context(|| format!("cannot open {what}"))?;
+            (Arc::new(store), what)
+        }
+        #[cfg(not(feature = "label-store-s3"))]
+        LabelStoreSetting::S3 { .. } => bail!(
+            "MERIDIAN_LABEL_STORE=s3://... needs the `label-store-s3` feature; rebuild with --features label-store-s3"
+        ),
+    };
+    match tokio::time::timeout(LABEL_STORE_CHECK_TIMEOUT, labels.check()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e).with_context(|| format!("cannot use {what}")),
+        Err(_) => bail!("cannot use {what}: no answer within {LABEL_STORE_CHECK_TIMEOUT:?}"),
+    }
+    tracing::info!(label_store = labels.name(), "label store ready");
+    Ok(labels)
 }
 
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
@@ -243,6 +332,7 @@ pub async fn serve_with(
     // Before anything registers a metric: a handle taken before the recorder exists
     // records nothing.
     meridian_api::install_metrics();
+    let labels = open_label_store(&config).await?;
     // In split mode only the process that runs the orders service carries the bus, the
     // outbox relay and the order-events consumer; a gateway or a catalog process does not.
     if !config
@@ -250,7 +340,7 @@ pub async fn serve_with(
         .services
         .contains(meridian_gateway::Service::Orders)
     {
-        return serve_api(config, store, plugins, None, ready).await;
+        return serve_api(config, store, plugins, None, labels, ready).await;
     }
     let bus: Arc<dyn Bus> = Arc::new(meridian_bus::MeteredBus::new(open_bus(&config).await?));
     tracing::info!(bus = bus.name(), "bus open");
@@ -269,12 +359,25 @@ pub async fn serve_with(
     )
     .await;
     declare(
+        "fraud-decisions consumer",
+        meridian_relay::declare_fraud_decisions(bus.as_ref(), deployment),
+    )
+    .await;
+    declare(
         "notification consumers",
         meridian_notify::declare(bus.as_ref(), deployment),
     )
     .await;
-    let background = Background::start(&config, &store, &bus);
-    let result = serve_api(config, store, plugins, Some(bus), ready).await;
+    declare(
+        "stock snapshot consumer",
+        meridian_inventory_service::declare(bus.as_ref(), deployment),
+    )
+    .await;
+    // Webhook secrets are sealed at rest under the auth master key.
+    let secrets =
+        meridian_notify::SecretSealer::new(crate::auth_config::auth_config(&config)?.master_key);
+    let background = Background::start(&config, &store, &bus, &labels, secrets);
+    let result = serve_api(config, store, plugins, Some(bus), labels, ready).await;
     background.stop().await;
     tracing::info!("meridian stopped");
     result
@@ -298,6 +401,7 @@ async fn serve_api(
     store: Arc<dyn Store>,
     plugins: Arc<dyn meridian_store::PluginStore>,
     bus: Option<Arc<dyn Bus>>,
+    labels: Arc<dyn LabelStore>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<()> {
     let settings = &config.gateway;
@@ -349,6 +453,9 @@ async fn serve_api(
         bus,
         metrics: meridian_api::install_metrics(),
         config: ApiConfig {
+            webhook_address_guard: meridian_http::AddressGuard {
+                allow_private: config.notify.webhook_allow_private,
+            },
             body_limit_bytes: config.body_limit_bytes,
             request_timeout: settings.request_timeout,
             gateway: meridian_api::GatewayConfig {
@@ -382,7 +489,7 @@ async fn serve_api(
     // Shipping labels are served from the label store (GET /v1/shipments/{id}/label), and
     // carriers' webhooks are checked against their secret.
     let mut app = meridian_api::router(state)
-        .layer(axum::Extension(label_store(&config)))
+        .layer(axum::Extension(labels))
         .layer(axum::Extension(label_urls));
     if let Some(secret) = &config.fulfillment.carrier_webhook_secret {
         app = app.layer(axum::Extension(meridian_api::CarrierWebhook {

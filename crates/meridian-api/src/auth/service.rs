@@ -163,6 +163,11 @@ pub fn refresh_token_hash(token: &str) -> String {
 }
 
 impl AuthService {
+    /// Seals webhook secrets at rest under the same master key as the signing keys.
+    pub fn webhook_secrets(&self) -> meridian_notify::SecretSealer {
+        meridian_notify::SecretSealer::new(self.config.master_key.clone())
+    }
+
     /// Loads the signing keys (making the first one if there is none) and the revocations,
     /// and starts the background loop that keeps them current. The loop ends when the last
     /// handle is dropped.

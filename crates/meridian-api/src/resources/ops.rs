@@ -35,6 +35,10 @@ pub struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "embedded")]
     pub bus_backend: Option<&'static str>,
+    /// Where shipping labels are kept, when this process serves them. Reported but not
+    /// deciding readiness: while it is down label creation retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_store: Option<LabelStoreReadiness>,
     /// In split mode, the services this process runs, such as `catalog,inventory`; absent
     /// in the all-in-one mode.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,6 +51,16 @@ pub struct Readiness {
     /// In split mode: each upstream the gateway forwards to, with its circuit state.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamReadiness>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabelStoreReadiness {
+    /// `local` or `s3`.
+    #[schema(example = "s3")]
+    pub backend: &'static str,
+    /// `ok` or `unavailable`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -90,7 +104,32 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, description = "The store cannot be reached", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Problem> {
+pub async fn readyz(
+    State(state): State<AppState>,
+    labels: Option<axum::Extension<std::sync::Arc<dyn meridian_fulfillment_service::LabelStore>>>,
+) -> Result<Json<Readiness>, Problem> {
+    let label_store = async {
+        let axum::Extension(labels) = labels?;
+        let check = tokio::time::timeout(BUS_PING_TIMEOUT, labels.check()).await;
+        let status = match check {
+            Ok(Ok(())) => "ok",
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, label_store = labels.name(), "label store is unavailable");
+                "unavailable"
+            }
+            Err(_) => {
+                tracing::warn!(
+                    label_store = labels.name(),
+                    "label store did not answer the readiness check"
+                );
+                "unavailable"
+            }
+        };
+        Some(LabelStoreReadiness {
+            backend: labels.name(),
+            status,
+        })
+    };
     let bus = async {
         let bus = state.bus.as_ref()?;
         let ping = tokio::time::timeout(BUS_PING_TIMEOUT, bus.ping()).await;
@@ -106,7 +145,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Pr
             }
         })
     };
-    let (store, bus) = tokio::join!(state.store.ping(), bus);
+    let (store, bus, label_store) = tokio::join!(state.store.ping(), bus, label_store);
     let gateway = &state.config.gateway;
     let rate_limit = gateway
         .rate_limiter
@@ -143,6 +182,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Pr
             store: state.store.backend(),
             bus,
             bus_backend: state.bus.as_ref().map(|b| b.name()),
+            label_store,
             services: (!gateway.services.is_all()).then(|| gateway.services.to_string()),
             rate_limit,
             upstreams,

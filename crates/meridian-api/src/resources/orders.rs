@@ -15,7 +15,7 @@ use meridian_orders::{
     Address, AllocationStrategy, Customer, Order, OrderAction, OrderLineRequest, OrderRequest,
     OrderStatus, PlaceOrder,
 };
-use meridian_store::StoreError;
+use meridian_store::{API_SOURCE, HoldChange, OrderHoldState, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::MoneyDto;
 use crate::AppState;
 use crate::auth::TenantContext;
-use crate::extract::{HashedJson, PathParams, QueryParams, idempotency_key};
+use crate::extract::{HashedJson, JsonBody, PathParams, QueryParams, idempotency_key};
 use crate::problem::{Problem, ProblemDetails};
 
 // ---- DTOs -------------------------------------------------------------------------------
@@ -60,6 +60,10 @@ pub struct CustomerDto {
     pub email: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// E.164, for SMS notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "+493012345678")]
+    pub phone: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -114,6 +118,54 @@ pub struct OrderResponse {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Why an order is held, who held it and when.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoldDto {
+    #[schema(example = "total amount 250000 is above 100000")]
+    pub reason: String,
+    /// The screening plugin that held it (such as `fraud-screen`), or `api` for an
+    /// operator.
+    #[schema(example = "fraud-screen")]
+    pub source: String,
+    pub held_at: DateTime<Utc>,
+}
+
+/// The last screening result recorded for an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScreeningDto {
+    /// `hold` or `approve`.
+    #[schema(example = "approve")]
+    pub decision: String,
+    pub reason: String,
+    /// The screening plugin.
+    #[schema(example = "fraud-screen")]
+    pub source: String,
+    pub screened_at: DateTime<Utc>,
+}
+
+/// An order with its hold and screening result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderDetailResponse {
+    #[serde(flatten)]
+    pub order: OrderResponse,
+    /// Present while the order is held: its shipments get no label and do not ship, and
+    /// it cannot be fulfilled, until the hold is released.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldDto>,
+    /// The last screening result, present once a screening plugin has decided on the
+    /// order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screening: Option<ScreeningDto>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// Why the order is held: 1 to 500 characters.
+    #[schema(example = "customer asked us to wait for a new address")]
+    pub reason: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderList {
     /// Newest first.
@@ -148,6 +200,7 @@ impl From<Customer> for CustomerDto {
         Self {
             email: c.email,
             name: c.name,
+            phone: c.phone,
         }
     }
 }
@@ -157,6 +210,7 @@ impl From<CustomerDto> for Customer {
         Self {
             email: c.email,
             name: c.name,
+            phone: c.phone,
         }
     }
 }
@@ -219,6 +273,25 @@ impl From<Order> for OrderResponse {
             idempotency_key: o.idempotency_key,
             created_at: o.created_at,
             updated_at: o.updated_at,
+        }
+    }
+}
+
+impl OrderDetailResponse {
+    fn new(order: Order, state: OrderHoldState) -> Self {
+        Self {
+            order: order.into(),
+            hold: state.hold.map(|h| HoldDto {
+                reason: h.reason,
+                source: h.source,
+                held_at: h.held_at,
+            }),
+            screening: state.screening.map(|s| ScreeningDto {
+                decision: s.decision.as_str().to_owned(),
+                reason: s.reason,
+                source: s.source,
+                screened_at: s.screened_at,
+            }),
         }
     }
 }
@@ -376,12 +449,12 @@ pub async fn create(
     Ok(response)
 }
 
-/// Get an order.
+/// Get an order, with its hold and screening result.
 #[utoipa::path(
     get, path = "/v1/orders/{id}", operation_id = "get_order", tag = "orders",
     params(("id" = Uuid, Path, description = "The order id")),
     responses(
-        (status = 200, description = "The order", body = OrderResponse),
+        (status = 200, description = "The order, with `hold` (while it is held) and `screening` (the last screening result)", body = OrderDetailResponse),
         (status = 401, description = "Missing or invalid API key", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = ProblemDetails, content_type = "application/problem+json"),
     )
@@ -390,10 +463,11 @@ pub async fn get(
     ctx: TenantContext,
     State(state): State<AppState>,
     PathParams(id): PathParams<String>,
-) -> Result<Json<OrderResponse>, Problem> {
+) -> Result<Json<OrderDetailResponse>, Problem> {
     let id = order_id_from_path(&id)?;
     let order = state.store.get_order(ctx.tenant_id, id).await?;
-    Ok(Json(order.into()))
+    let hold = state.store.holds().order_hold(ctx.tenant_id, id).await?;
+    Ok(Json(OrderDetailResponse::new(order, hold)))
 }
 
 /// An order's timeline: the events the `order-events` projection has recorded for it,
@@ -513,7 +587,7 @@ pub async fn cancel(
         (status = 200, description = "The fulfilled order", body = OrderResponse),
         (status = 401, description = "Missing or invalid API key", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = ProblemDetails, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_transition`: the order is not confirmed", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: the order is not confirmed; `order_on_hold`: the order is held", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 pub async fn fulfill(
@@ -522,6 +596,72 @@ pub async fn fulfill(
     PathParams(id): PathParams<String>,
 ) -> Result<Json<OrderResponse>, Problem> {
     transition(ctx, &state, &id, OrderAction::Fulfill).await
+}
+
+/// Hold an order by hand. A held order keeps its status and reserved stock, but its
+/// shipments get no label and do not ship, and it cannot be fulfilled, until the hold is
+/// released. Holding a held order keeps the first hold.
+#[utoipa::path(
+    post, path = "/v1/orders/{id}/hold", operation_id = "hold_order", tag = "orders",
+    params(("id" = Uuid, Path, description = "The order id")),
+    request_body = HoldRequest,
+    responses(
+        (status = 200, description = "The order with its hold (`order.held` is published when it was not held before)", body = OrderDetailResponse),
+        (status = 400, description = "Malformed JSON or unknown fields", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: the order is canceled or fulfilled", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "`reason` is empty or longer than 500 characters", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub async fn hold(
+    ctx: TenantContext,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<HoldRequest>,
+) -> Result<Json<OrderDetailResponse>, Problem> {
+    let id = order_id_from_path(&id)?;
+    let (change, hold) = state
+        .store
+        .holds()
+        .hold_order(ctx.tenant_id, id, &body.reason, API_SOURCE)
+        .await?;
+    if change == HoldChange::Held {
+        tracing::info!(order.id = %id, "order held by an operator");
+    }
+    let order = state.store.get_order(ctx.tenant_id, id).await?;
+    Ok(Json(OrderDetailResponse::new(order, hold)))
+}
+
+/// Release an order's hold, whoever placed it (a screening plugin or an operator): its
+/// shipments get their labels and may ship. Releasing an order that is not held changes
+/// nothing.
+#[utoipa::path(
+    post, path = "/v1/orders/{id}/release", operation_id = "release_order", tag = "orders",
+    params(("id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order without a hold (`order.released` is published when it was held)", body = OrderDetailResponse),
+        (status = 401, description = "Missing or invalid API key", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: the order is canceled or fulfilled", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub async fn release(
+    ctx: TenantContext,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<OrderDetailResponse>, Problem> {
+    let id = order_id_from_path(&id)?;
+    let (change, hold) = state
+        .store
+        .holds()
+        .release_order(ctx.tenant_id, id, API_SOURCE)
+        .await?;
+    if change == HoldChange::Released {
+        tracing::info!(order.id = %id, "order hold released by an operator");
+    }
+    let order = state.store.get_order(ctx.tenant_id, id).await?;
+    Ok(Json(OrderDetailResponse::new(order, hold)))
 }
 
 #[cfg(test)]

@@ -264,7 +264,7 @@ async fn serve_label(
         (status = 400, description = "Malformed JSON or unknown fields", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "No such shipment", body = ProblemDetails, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_transition`: the shipment cannot move to that status", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: the shipment cannot move to that status; `order_on_hold`: its order is held, so it cannot ship", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 422, description = "Bad `status` or `detail`", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]

@@ -192,6 +192,22 @@ fn check_url(url: &str, errors: &mut ValidationErrors) -> Option<String> {
     }
 }
 
+/// Refuses a URL whose host is a loopback, private or link-local literal (or `localhost`)
+/// unless the deployment allows private addresses. Names are checked again, on every
+/// address they resolve to, each time a delivery connects.
+fn refuse_private_address(state: &AppState, url: &str) -> Result<(), ValidationErrors> {
+    let mut errors = ValidationErrors::new();
+    if let Ok(parsed) = meridian_http::Url::parse(url)
+        && let Err(why) = state.config.webhook_address_guard.check_url(&parsed)
+    {
+        errors.push(
+            "url",
+            format!("must reach a public address: {why} (MERIDIAN_WEBHOOK_ALLOW_PRIVATE)"),
+        );
+    }
+    errors.into_result()
+}
+
 fn check_description(d: &str, errors: &mut ValidationErrors) -> Option<String> {
     if d.chars().count() > MAX_DESCRIPTION {
         errors.push(
@@ -299,8 +315,13 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateWebhookRequest>,
 ) -> Result<Response, Problem> {
-    let new = NewWebhookEndpoint::try_from(body)?;
-    let endpoint = state.store.create_webhook(ctx.tenant_id, new).await?;
+    let mut new = NewWebhookEndpoint::try_from(body)?;
+    refuse_private_address(&state, &new.url)?;
+    // Stored sealed; the response carries it in the clear, this once.
+    let secret = std::mem::take(&mut new.secret);
+    new.secret = state.auth.webhook_secrets().seal(ctx.tenant_id, &secret);
+    let mut endpoint = state.store.create_webhook(ctx.tenant_id, new).await?;
+    endpoint.secret = secret;
     let location = HeaderValue::from_str(&format!("/v1/webhooks/{}", endpoint.id)).ok();
     let body = WebhookResponse::from_endpoint(endpoint, true);
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
@@ -383,6 +404,9 @@ pub async fn update(
 ) -> Result<Json<WebhookResponse>, Problem> {
     let id = webhook_id(&id)?;
     let patch = WebhookPatch::try_from(body)?;
+    if let Some(url) = &patch.url {
+        refuse_private_address(&state, url)?;
+    }
     let e = state.store.update_webhook(ctx.tenant_id, id, patch).await?;
     Ok(Json(WebhookResponse::from_endpoint(e, false)))
 }
@@ -426,15 +450,18 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     PathParams(id): PathParams<String>,
 ) -> Result<Json<WebhookResponse>, Problem> {
-    let e = state
+    let secret = signing::new_secret();
+    let mut e = state
         .store
         .rotate_webhook_secret(
             ctx.tenant_id,
             webhook_id(&id)?,
-            signing::new_secret(),
+            state.auth.webhook_secrets().seal(ctx.tenant_id, &secret),
             meridian_core::now() + ROTATION_GRACE,
         )
         .await?;
+    // Stored sealed; the response carries the new one in the clear, this once.
+    e.secret = secret;
     Ok(Json(WebhookResponse::from_endpoint(e, true)))
 }
 

@@ -97,6 +97,8 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/v1/orders/{id}/events", &["get"]),
         ("/v1/orders/{id}/cancel", &["post"]),
         ("/v1/orders/{id}/fulfill", &["post"]),
+        ("/v1/orders/{id}/hold", &["post"]),
+        ("/v1/orders/{id}/release", &["post"]),
         ("/v1/shipments", &["get"]),
         ("/v1/shipments/{id}", &["get"]),
         ("/v1/shipments/{id}/label", &["get"]),

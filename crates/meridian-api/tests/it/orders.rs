@@ -728,3 +728,115 @@ async fn an_orders_events_are_its_recorded_timeline_and_tenant_scoped() {
 fn uuid_like() -> String {
     "0190a0b0-0000-7000-8000-000000000000".into()
 }
+
+#[tokio::test]
+async fn an_operator_holds_and_releases_an_order_by_hand() {
+    let app = TestApp::new().await;
+    app.seed().await;
+    let r = app
+        .post(
+            "/v1/orders",
+            json!({"lines": [{"sku": "SKU-1", "quantity": 1}]}),
+        )
+        .await;
+    r.assert_status(StatusCode::CREATED);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let got = app.get(&format!("/v1/orders/{id}")).await.json();
+    assert!(
+        got.get("hold").is_none() && got.get("screening").is_none(),
+        "{got}"
+    );
+
+    let r = app
+        .post(
+            &format!("/v1/orders/{id}/hold"),
+            json!({"reason": "customer asked us to wait"}),
+        )
+        .await;
+    r.assert_status(StatusCode::OK);
+    let held = r.json();
+    assert_eq!(held["id"], id.as_str());
+    assert_eq!(held["status"], "confirmed", "a hold keeps the status");
+    assert_eq!(held["hold"]["reason"], "customer asked us to wait");
+    assert_eq!(held["hold"]["source"], "api");
+    assert_eq!(app.get(&format!("/v1/orders/{id}")).await.json(), held);
+    // The reservation stays.
+    assert_eq!(app.level("SKU-1", "WH-A").await, (5, 1, 4));
+
+    // Holding again keeps the first hold.
+    let again = app
+        .post(&format!("/v1/orders/{id}/hold"), json!({"reason": "other"}))
+        .await
+        .json();
+    assert_eq!(again["hold"], held["hold"]);
+    // A held order cannot be fulfilled.
+    let before = app.snapshot().await;
+    let p = app
+        .call(Method::POST, &format!("/v1/orders/{id}/fulfill"))
+        .send()
+        .await
+        .problem(StatusCode::CONFLICT, "order_on_hold");
+    assert!(p["detail"].as_str().unwrap().contains(&id), "{p}");
+    assert_eq!(app.snapshot().await, before);
+    // Bad bodies.
+    let p = app
+        .post(&format!("/v1/orders/{id}/hold"), json!({"reason": "  "}))
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(crate::support::TestResponse::error_fields(&p), ["reason"]);
+    app.post(
+        &format!("/v1/orders/{id}/hold"),
+        json!({"reason": "x", "until": "tomorrow"}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, "malformed_request");
+
+    let r = app
+        .call(Method::POST, &format!("/v1/orders/{id}/release"))
+        .send()
+        .await;
+    r.assert_status(StatusCode::OK);
+    assert!(r.json().get("hold").is_none(), "{}", r.json());
+    // Releasing an order that is not held changes nothing.
+    app.call(Method::POST, &format!("/v1/orders/{id}/release"))
+        .send()
+        .await
+        .assert_status(StatusCode::OK);
+    app.call(Method::POST, &format!("/v1/orders/{id}/fulfill"))
+        .send()
+        .await
+        .assert_status(StatusCode::OK);
+    // A fulfilled order cannot be held.
+    app.post(&format!("/v1/orders/{id}/hold"), json!({"reason": "late"}))
+        .await
+        .problem(StatusCode::CONFLICT, "invalid_transition");
+}
+
+#[tokio::test]
+async fn another_tenant_cannot_hold_or_release_an_order() {
+    let app = TestApp::new().await;
+    app.seed().await;
+    let r = app
+        .post(
+            "/v1/orders",
+            json!({"lines": [{"sku": "SKU-1", "quantity": 1}]}),
+        )
+        .await;
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let (_, other) = app.new_tenant("other").await;
+    for action in ["hold", "release"] {
+        app.call(Method::POST, &format!("/v1/orders/{id}/{action}"))
+            .token(&other)
+            .json(&json!({"reason": "mine"}))
+            .send()
+            .await
+            .problem(StatusCode::NOT_FOUND, "not_found");
+    }
+    let got = app.get(&format!("/v1/orders/{id}")).await.json();
+    assert!(got.get("hold").is_none(), "{got}");
+    for id in ["0190a0a0-0000-7000-8000-000000000000", "not-a-uuid"] {
+        app.post(&format!("/v1/orders/{id}/hold"), json!({"reason": "x"}))
+            .await
+            .problem(StatusCode::NOT_FOUND, "not_found");
+    }
+}

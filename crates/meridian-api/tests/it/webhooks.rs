@@ -257,3 +257,77 @@ async fn the_notification_log_lists_the_tenants_notifications_only() {
         .json();
     assert!(theirs["items"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_and_open_with_the_master_key() {
+    let app = TestApp::new().await;
+    let created = create(&app).await;
+    let id: WebhookId = created["id"].as_str().unwrap().parse().unwrap();
+    let shown = created["secret"].as_str().unwrap().to_owned();
+    let stored = app.store.get_webhook(app.tenant, id).await.unwrap();
+    assert!(
+        meridian_notify::secrets::is_sealed(&stored.secret),
+        "{}",
+        stored.secret
+    );
+    assert!(
+        !stored.secret.contains(&shown),
+        "the stored column is not the secret"
+    );
+    let sealer = meridian_notify::SecretSealer::new(app.master_key.clone());
+    assert_eq!(sealer.open(app.tenant, &stored.secret).unwrap(), shown);
+
+    // A rotation stores the new secret sealed; the previous one stays sealed beside it.
+    let rotated = app
+        .post(&format!("/v1/webhooks/{id}/rotate-secret"), json!({}))
+        .await;
+    rotated.assert_status(StatusCode::OK);
+    let new = rotated.json()["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, shown);
+    let stored = app.store.get_webhook(app.tenant, id).await.unwrap();
+    assert_eq!(sealer.open(app.tenant, &stored.secret).unwrap(), new);
+    let previous = stored.previous_secret.unwrap();
+    assert!(meridian_notify::secrets::is_sealed(&previous));
+    assert_eq!(sealer.open(app.tenant, &previous).unwrap(), shown);
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let app = TestApp::new().await;
+    for url in [
+        "http://127.0.0.1:8080/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "https://10.0.0.5/hook",
+        "http://[::1]/hook",
+        "http://localhost:3000/hook",
+    ] {
+        let r = app.post("/v1/webhooks", json!({"url": url})).await;
+        let p = r.problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        assert_eq!(
+            TestResponse::error_fields(&p),
+            vec!["url".to_owned()],
+            "{url}"
+        );
+        assert!(
+            r.text().contains("public address") || r.text().contains("loopback"),
+            "{}",
+            r.text()
+        );
+    }
+    let created = create(&app).await;
+    app.patch(
+        &format!("/v1/webhooks/{}", created["id"].as_str().unwrap()),
+        json!({"url": "http://192.168.1.10/hook"}),
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+
+    let open = TestApp::with_config(meridian_api::ApiConfig {
+        webhook_address_guard: meridian_http::AddressGuard::ALLOW_PRIVATE,
+        ..meridian_api::ApiConfig::default()
+    })
+    .await;
+    open.post("/v1/webhooks", json!({"url": "http://127.0.0.1:8080/hook"}))
+        .await
+        .assert_status(StatusCode::CREATED);
+}

@@ -118,6 +118,61 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
     assert_eq!(sink.0.lock().unwrap().len(), 1);
 }
 
+/// Refuses every message as a permanent failure.
+struct Refuses(AtomicU32);
+
+#[async_trait]
+impl Handler for Refuses {
+    async fn handle(&self, _message: &Message) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Err(HandlerError::permanent(
+            "count 3 is below the 5 units reserved",
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_dead_lettered_on_its_first_attempt() {
+    let bus = Arc::new(MemoryBus::new());
+    let t = Topic::platform("d", "test", "refused.created");
+    let mut dlq = bus
+        .subscribe(
+            &TopicPattern::exact(&t.dead_letter()),
+            SubscribeOptions::ephemeral("watch"),
+        )
+        .await
+        .unwrap();
+    let handler = Arc::new(Refuses(AtomicU32::new(0)));
+    let sink = Arc::new(Recorded::default());
+    let (stop, shutdown) = watch::channel(false);
+    let options = SubscribeOptions::durable("refuser");
+    drop(
+        bus.subscribe(&TopicPattern::exact(&t), options.clone())
+            .await
+            .unwrap(),
+    );
+    bus.publish(message(&t, 1)).await.unwrap();
+    let task = tokio::spawn(consumer::run(
+        bus.clone(),
+        TopicPattern::exact(&t),
+        options,
+        handler.clone(),
+        fast_policy(),
+        sink.clone(),
+        shutdown,
+    ));
+    let d = timeout(WAIT, dlq.next()).await.unwrap().unwrap();
+    assert_eq!(d.message.envelope().data["attempts"], 1);
+    assert_eq!(
+        d.message.envelope().data["reason"],
+        "count 3 is below the 5 units reserved"
+    );
+    stop.send(true).unwrap();
+    timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    assert_eq!(handler.0.load(Ordering::SeqCst), 1, "no retry");
+    assert_eq!(sink.0.lock().unwrap().len(), 1);
+}
+
 /// A bus whose subscribe and `next` fail with `Unavailable` a few times first.
 struct Flaky {
     inner: MemoryBus,

@@ -15,16 +15,24 @@ use meridian_core::{Envelope, TenantId, Topic};
 use serde_json::json;
 use tokio::time::timeout;
 
-async fn tracked() -> TestBus {
-    TestBus::ephemeral(Arc::new(MemoryBus::new()), unique_deployment())
+/// A bus that keeps a copy of each delivery (redelivers one held past its ack wait).
+fn tracking_bus() -> MemoryBus {
+    MemoryBus::with_config(MemoryBusConfig {
+        track_unacked: true,
+        ..MemoryBusConfig::default()
+    })
 }
 
-/// The low-latency settings: no copies of deliveries, and consumers that spin before
-/// parking.
+async fn tracked() -> TestBus {
+    TestBus::ephemeral(Arc::new(tracking_bus()), unique_deployment())
+}
+
+/// The low-latency settings: the default (no copies of deliveries), with consumers that
+/// spin before parking.
 async fn untracked() -> TestBus {
     let bus = MemoryBus::with_config(MemoryBusConfig {
-        track_unacked: false,
         spin: Duration::from_micros(20),
+        ..MemoryBusConfig::default()
     });
     TestBus::ephemeral(Arc::new(bus), unique_deployment())
 }
@@ -73,7 +81,12 @@ const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn an_abandoned_delivery_is_redelivered_at_once() {
-    let bus = MemoryBus::new();
+    for bus in [MemoryBus::new(), tracking_bus()] {
+        abandoned_delivery_is_redelivered(bus).await;
+    }
+}
+
+async fn abandoned_delivery_is_redelivered(bus: MemoryBus) {
     let t = topic("d", "abandon.created");
     let mut sub = bus
         .subscribe(&TopicPattern::exact(&t), SubscribeOptions::ephemeral("c"))
@@ -92,7 +105,7 @@ async fn an_abandoned_delivery_is_redelivered_at_once() {
 
 #[tokio::test]
 async fn an_unacked_delivery_comes_back_after_the_ack_wait() {
-    let bus = MemoryBus::new();
+    let bus = tracking_bus();
     let t = topic("d", "ackwait.created");
     let options = SubscribeOptions {
         ack_wait: Duration::from_millis(100),
@@ -125,7 +138,15 @@ async fn an_unacked_delivery_comes_back_after_the_ack_wait() {
 
 #[tokio::test]
 async fn a_dropped_members_messages_go_back_to_the_group() {
-    let bus = MemoryBus::new();
+    for bus in [MemoryBus::new(), tracking_bus()] {
+        dropped_members_messages_go_back(bus).await;
+    }
+}
+
+/// A member leaves holding one unsettled delivery: the rest go to the other member at
+/// once; the held one too with tracking (from its copy), and otherwise once it is dropped.
+async fn dropped_members_messages_go_back(bus: MemoryBus) {
+    let tracking = bus.config().track_unacked;
     let t = topic("d", "handover.created");
     let pattern = TopicPattern::exact(&t);
     let mut a = bus
@@ -141,15 +162,26 @@ async fn a_dropped_members_messages_go_back_to_the_group() {
         bus.publish(m.clone()).await.unwrap();
     }
     // `a` takes one delivery and leaves without settling it or reading the rest.
-    let held = timeout(Duration::from_millis(200), a.next()).await;
+    let held = timeout(Duration::from_millis(200), a.next())
+        .await
+        .expect("a delivery for the first member")
+        .unwrap();
     drop(a);
     let mut got = HashSet::new();
-    while got.len() < sent.len() {
+    let before_release = if tracking { sent.len() } else { sent.len() - 1 };
+    while got.len() < before_release {
         let d = next(&mut b).await;
         got.insert(d.message.id());
         d.ack().await.unwrap();
     }
+    assert!(got.contains(&held.message.id()) == tracking);
     drop(held);
+    while got.len() < sent.len() {
+        let d = next(&mut b).await;
+        assert_eq!(d.attempt, 2, "the held delivery comes back as a redelivery");
+        got.insert(d.message.id());
+        d.ack().await.unwrap();
+    }
     let want: HashSet<_> = sent.iter().map(|m| m.id()).collect();
     assert_eq!(got, want);
 }

@@ -17,7 +17,8 @@ use meridian_catalog::{Attributes, NewProduct};
 use meridian_core::{EventSource, Money, Quantity, TenantId};
 use meridian_fulfillment::{Shipment, ShipmentStatus};
 use meridian_fulfillment_service::{
-    Fulfillment, HttpCarrier, HttpCarrierConfig, LABELS_CONSUMER, LabelStore, LocalLabelStore,
+    Carrier, Fulfillment, HttpCarrier, HttpCarrierConfig, LABELS_CONSUMER, LabelStore,
+    LocalLabelStore,
 };
 use meridian_inventory::NewWarehouse;
 use meridian_orders::{AllocationStrategy, OrderLineRequest, OrderRequest, PlaceOrder};
@@ -95,11 +96,11 @@ async fn carrier(failure: Failure, failures: u32) -> (String, Arc<CarrierState>)
     (format!("http://{addr}"), state)
 }
 
-struct Stack {
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
-    labels: Arc<dyn LabelStore>,
-    stop: watch::Sender<bool>,
+pub(crate) struct Stack {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub labels: Arc<dyn LabelStore>,
+    pub stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -107,6 +108,21 @@ struct Stack {
 /// carrier at `base_url` (300 ms per call) and quick retries.
 async fn stack(base_url: &str) -> Stack {
     let dir = tempfile::tempdir().unwrap();
+    let labels: Arc<dyn LabelStore> = Arc::new(LocalLabelStore::new(dir.path().join("objects")));
+    let carrier = HttpCarrier::new(HttpCarrierConfig {
+        timeout: Duration::from_millis(300),
+        ..HttpCarrierConfig::new(base_url)
+    })
+    .unwrap();
+    stack_with(dir, Arc::new(carrier), labels).await
+}
+
+/// As [`stack`], with the given carrier and label store.
+pub(crate) async fn stack_with(
+    dir: tempfile::TempDir,
+    carrier: Arc<dyn Carrier>,
+    labels: Arc<dyn LabelStore>,
+) -> Stack {
     let events = EventSource::new("test").unwrap();
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(SqliteConfig::new(dir.path().join("m.db")), events)
@@ -114,14 +130,8 @@ async fn stack(base_url: &str) -> Stack {
             .unwrap(),
     );
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-    let labels: Arc<dyn LabelStore> = Arc::new(LocalLabelStore::new(dir.path().join("objects")));
-    let carrier = HttpCarrier::new(HttpCarrierConfig {
-        timeout: Duration::from_millis(300),
-        ..HttpCarrierConfig::new(base_url)
-    })
-    .unwrap();
     let service = Fulfillment {
-        carriers: vec![Arc::new(carrier)],
+        carriers: vec![carrier],
         retry: RetryPolicy {
             max_attempts: 3,
             base: Duration::from_millis(20),
@@ -145,7 +155,7 @@ async fn stack(base_url: &str) -> Stack {
 }
 
 /// Places a one-line order of a fresh tenant; returns the tenant.
-async fn place_order(store: &dyn Store) -> TenantId {
+pub(crate) async fn place_order(store: &dyn Store) -> TenantId {
     let t = store.create_tenant("carrier").await.unwrap().id;
     let sku = "SKU-1".parse().unwrap();
     store
@@ -194,7 +204,7 @@ async fn place_order(store: &dyn Store) -> TenantId {
 }
 
 /// Waits until the tenant's one shipment satisfies `done`.
-async fn wait_shipment(
+pub(crate) async fn wait_shipment(
     store: &dyn Store,
     t: TenantId,
     done: impl Fn(&Shipment) -> bool,

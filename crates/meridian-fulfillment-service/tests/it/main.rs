@@ -2,3 +2,4 @@
 //! and bus (memory), with the outbox relay between them, against carriers the tests start.
 
 mod http_carrier;
+mod label_store;

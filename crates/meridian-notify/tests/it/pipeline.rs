@@ -276,6 +276,7 @@ pub async fn email_fails_over_to_the_secondary_provider(
         .place_order_for(Some(meridian_orders::Customer {
             email: "Ada@Example.com".into(),
             name: Some("Ada".into()),
+            phone: None,
         }))
         .await;
 

@@ -164,6 +164,8 @@ pub fn fast_retries() -> WorkerConfig {
         },
         request_timeout: Duration::from_secs(5),
         poll_interval: Duration::from_millis(50),
+        // The test receivers listen on 127.0.0.1.
+        address_guard: meridian_http::AddressGuard::ALLOW_PRIVATE,
         ..WorkerConfig::default()
     }
 }

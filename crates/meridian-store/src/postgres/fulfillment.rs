@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::writes::append_outbox_pooled;
 use super::{PgStore, bad_cursor, error, into_page, page_limit, rows};
-use crate::fulfillment::one_order;
+use crate::fulfillment::{one_order, ships_from_warehouse};
 use crate::{FulfillmentStore, Page, PageRequest, Result, StoreError, decode_cursor};
 
 const COLUMNS: &str = "id, tenant_id, order_id, warehouse_id, warehouse_code, status, carrier, \
@@ -92,6 +92,7 @@ impl PgStore {
         tenant: TenantId,
         id: ShipmentId,
         apply: impl FnOnce(&mut Shipment) -> Result<Option<OutboxEvent>> + Send,
+        blocked_by_hold: impl FnOnce(&Shipment) -> bool + Send,
     ) -> Result<Shipment> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error::db)?;
@@ -107,6 +108,11 @@ impl PgStore {
             .map_err(error::db)?
             .ok_or_else(|| StoreError::not_found("shipment", id))?;
         let mut s = shipment(&row)?;
+        if blocked_by_hold(&s) {
+            // FOR SHARE on the order: a hold being placed waits for this commit, and this
+            // waits for a hold being placed.
+            super::holds::refuse_if_held(&tx, tenant, s.order_id).await?;
+        }
         if let Some(event) = apply(&mut s)? {
             update(&tx, &s).await?;
             append_outbox_pooled(&tx, &[event]).await?;
@@ -195,18 +201,9 @@ impl FulfillmentStore for PgStore {
     }
 
     async fn get_shipment(&self, tenant: TenantId, id: ShipmentId) -> Result<Shipment> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM shipments WHERE tenant_id = $1 AND id = $2"
-            ))
-            .await
-            .map_err(error::db)?;
-        let row = client
-            .query_opt(&stmt, &[tenant.as_uuid(), id.as_uuid()])
-            .await
-            .map_err(error::db)?
-            .ok_or_else(|| StoreError::not_found("shipment", id))?;
+        let row = self
+            .row_by_id("shipments", COLUMNS, tenant, id.as_uuid(), "shipment")
+            .await?;
         shipment(&row)
     }
 
@@ -268,10 +265,16 @@ impl FulfillmentStore for PgStore {
         label_key: &str,
     ) -> Result<Shipment> {
         let events = self.events.clone();
-        self.change_shipment(tenant, id, |s| {
-            let now = meridian_core::now();
-            Ok(label_created(s, tracking_number, label_key, &events, now)?)
-        })
+        self.change_shipment(
+            tenant,
+            id,
+            |s| {
+                let now = meridian_core::now();
+                Ok(label_created(s, tracking_number, label_key, &events, now)?)
+            },
+            // A held order's shipments get no label (the release resumes them).
+            |s| s.status == ShipmentStatus::Pending,
+        )
         .await
     }
 
@@ -283,10 +286,15 @@ impl FulfillmentStore for PgStore {
         detail: Option<String>,
     ) -> Result<Shipment> {
         let events = self.events.clone();
-        self.change_shipment(tenant, id, |s| {
-            let now = meridian_core::now();
-            Ok(transition(s, status, detail, &events, now)?)
-        })
+        self.change_shipment(
+            tenant,
+            id,
+            |s| {
+                let now = meridian_core::now();
+                Ok(transition(s, status, detail, &events, now)?)
+            },
+            |s| ships_from_warehouse(s.status, status),
+        )
         .await
     }
 

@@ -117,6 +117,21 @@ pub(super) async fn change_stock(
 ) -> Result<StockLevel> {
     let mut client = store.client().await?;
     let tx = client.transaction().await.map_err(error::db)?;
+    let level = change_stock_in(store, &tx, tenant, code, sku, reason, change).await?;
+    tx.commit().await.map_err(error::db)?;
+    Ok(level)
+}
+
+/// [`change_stock`] inside the caller's transaction, which it leaves open.
+pub(super) async fn change_stock_in(
+    store: &PgStore,
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: TenantId,
+    code: &WarehouseCode,
+    sku: &Sku,
+    reason: &str,
+    change: Change,
+) -> Result<StockLevel> {
     let (find_warehouse, product_exists, ensure_level, lock_level) = futures::try_join!(
         tx.prepare_cached("SELECT id, priority FROM warehouses WHERE tenant_id = $1 AND code = $2"),
         tx.prepare_cached(PRODUCT_EXISTS),
@@ -219,15 +234,14 @@ pub(super) async fn change_stock(
     )
     .map_err(error::db)?;
     let (updated, _) = futures::try_join!(
-        writes::update_stock(&tx, &update, std::slice::from_ref(&change), now),
-        writes::insert_ledger(&tx, &ledger, std::slice::from_ref(&entry)),
+        writes::update_stock(tx, &update, std::slice::from_ref(&change), now),
+        writes::insert_ledger(tx, &ledger, std::slice::from_ref(&entry)),
     )
     .map_err(error::db)?;
     if updated != 1 {
         return Err(writes::missing_levels(1, updated));
     }
-    writes::append_outbox_pooled(&tx, &[event]).await?;
-    tx.commit().await.map_err(error::db)?;
+    writes::append_outbox_pooled(tx, &[event]).await?;
     Ok(level)
 }
 

@@ -27,6 +27,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/postgres/0007_plugins.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_order_holds.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_stock_snapshots.sql"),
+    ),
 ];
 
 /// Creates `schema` if given and applies every pending migration to it.

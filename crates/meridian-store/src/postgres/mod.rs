@@ -26,6 +26,7 @@ mod catalog;
 mod dead_letters;
 mod error;
 mod fulfillment;
+mod holds;
 mod inventory;
 mod migrate;
 mod notify;
@@ -33,6 +34,7 @@ mod orders;
 mod plugins;
 mod relay;
 mod rows;
+mod snapshots;
 mod sql;
 mod tenancy;
 mod writer;
@@ -210,6 +212,30 @@ impl PgStore {
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(error::pool)
     }
+
+    /// `columns` of the row of `table` with this tenant and id; `NotFound` (`what`, `id`)
+    /// when the tenant has none, so another tenant's id reads as missing.
+    async fn row_by_id(
+        &self,
+        table: &str,
+        columns: &str,
+        tenant: TenantId,
+        id: &uuid::Uuid,
+        what: &'static str,
+    ) -> Result<tokio_postgres::Row> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {columns} FROM {table} WHERE tenant_id = $1 AND id = $2"
+            ))
+            .await
+            .map_err(error::db)?;
+        client
+            .query_opt(&stmt, &[tenant.as_uuid(), id])
+            .await
+            .map_err(error::db)?
+            .ok_or_else(|| StoreError::not_found(what, id))
+    }
 }
 
 #[async_trait]
@@ -219,6 +245,10 @@ impl Store for PgStore {
     }
 
     fn fulfillment(&self) -> &dyn crate::FulfillmentStore {
+        self
+    }
+
+    fn holds(&self) -> &dyn crate::HoldStore {
         self
     }
 
@@ -469,6 +499,14 @@ impl Store for PgStore {
 
     async fn record_order_events(&self, consumer: &str, events: &[Envelope]) -> Result<Vec<bool>> {
         relay::record_order_events(self, consumer, events).await
+    }
+
+    async fn apply_stock_snapshot(
+        &self,
+        consumer: &str,
+        snapshot: &crate::StockSnapshot,
+    ) -> Result<crate::SnapshotOutcome> {
+        snapshots::apply(self, consumer, snapshot).await
     }
 
     async fn outbox_unsent_count(&self) -> Result<u64> {

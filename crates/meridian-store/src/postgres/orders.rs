@@ -11,19 +11,9 @@ use super::{PgStore, bad_cursor, error, into_page, page_limit, rows, sql, writes
 use crate::{OutboxRecord, Page, PageRequest, Result, StoreError, decode_cursor};
 
 pub(super) async fn get(store: &PgStore, tenant: TenantId, id: OrderId) -> Result<Order> {
-    let client = store.client().await?;
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {} FROM orders WHERE tenant_id = $1 AND id = $2",
-            sql::ORDER_COLUMNS
-        ))
-        .await
-        .map_err(error::db)?;
-    let row = client
-        .query_opt(&stmt, &[tenant.as_uuid(), id.as_uuid()])
-        .await
-        .map_err(error::db)?
-        .ok_or_else(|| StoreError::not_found("order", id))?;
+    let row = store
+        .row_by_id("orders", sql::ORDER_COLUMNS, tenant, id.as_uuid(), "order")
+        .await?;
     rows::order(&row)
 }
 
@@ -107,6 +97,10 @@ pub(super) async fn transition(
         .map_err(error::db)?
         .ok_or_else(|| StoreError::not_found("order", id))?;
     let mut order = rows::order(&row)?;
+    if action == OrderAction::Fulfill && order.status == OrderStatus::Confirmed {
+        // The row is locked: a hold cannot land between this check and the commit.
+        super::holds::refuse_if_held(&tx, tenant, id).await?;
+    }
 
     // The cells the order holds stock in. Locked even when the action turns out to be
     // illegal: the state machine decides, and an extra short lock costs nothing.

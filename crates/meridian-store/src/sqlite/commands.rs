@@ -271,6 +271,21 @@ pub(super) fn change_stock(
     let reason = meridian_inventory::check_reason(reason)
         .map_err(|m| StoreError::Validation(ValidationErrors::single("reason", m)))?;
     immediate(conn, |tx| {
+        change_stock_in(tx, events, tenant, code, sku, op, &reason)
+    })
+}
+
+/// [`change_stock`] inside the caller's write transaction; `reason` is already checked.
+pub(super) fn change_stock_in(
+    tx: &Connection,
+    events: &EventSource,
+    tenant: TenantId,
+    code: &WarehouseCode,
+    sku: &Sku,
+    op: StockOp,
+    reason: &str,
+) -> Result<StockLevel> {
+    {
         let warehouse = tx
             .prepare_cached(
                 "SELECT id, priority FROM warehouses WHERE tenant_id = ?1 AND code = ?2",
@@ -333,7 +348,7 @@ pub(super) fn change_stock(
                 reserved_delta: movement.reserved_delta,
                 on_hand_after: new_on_hand,
                 reserved_after: new_reserved,
-                reason: reason.clone(),
+                reason: reason.to_owned(),
                 order_id: None,
                 created_at: now,
             },
@@ -353,7 +368,7 @@ pub(super) fn change_stock(
             &events.event("data", "stock.changed", tenant, sku.as_str(), data, now),
         )?;
         Ok(level)
-    })
+    }
 }
 
 // --- orders ---
@@ -368,6 +383,10 @@ pub(super) fn transition_order(
 ) -> Result<Order> {
     immediate(conn, |tx| {
         let mut order = queries::get_order(tx, tenant, id)?;
+        if action == OrderAction::Fulfill && order.status == meridian_orders::OrderStatus::Confirmed
+        {
+            super::holds::refuse_if_held(tx, tenant, id)?;
+        }
         let mut levels: Vec<StockLevel> = Vec::new();
         for line in &order.lines {
             for a in &line.allocations {

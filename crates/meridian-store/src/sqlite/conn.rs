@@ -24,6 +24,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (6, include_str!("../../migrations/sqlite/0006_notify.sql")),
     (7, include_str!("../../migrations/sqlite/0007_plugins.sql")),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_order_holds.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_stock_snapshots.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

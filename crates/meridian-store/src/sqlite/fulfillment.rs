@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::SqliteStore;
 use super::conn::WriteTx;
 use super::rows::{insert_outbox, opt_json, parsed, time, to_json, ts};
-use crate::fulfillment::one_order;
+use crate::fulfillment::{one_order, ships_from_warehouse};
 use crate::{
     FulfillmentStore, Page, PageRequest, Result, StoreError, decode_cursor, encode_cursor,
 };
@@ -198,11 +198,11 @@ fn change(
     conn: &mut Connection,
     tenant: TenantId,
     id: ShipmentId,
-    apply: impl FnOnce(&mut Shipment) -> Result<Option<meridian_core::OutboxEvent>>,
+    apply: impl FnOnce(&Connection, &mut Shipment) -> Result<Option<meridian_core::OutboxEvent>>,
 ) -> Result<Shipment> {
     let tx = WriteTx::begin(conn)?;
     let mut s = get(&tx, tenant, id)?;
-    if let Some(event) = apply(&mut s)? {
+    if let Some(event) = apply(&tx, &mut s)? {
         update(&tx, &s)?;
         insert_outbox(&tx, &event)?;
         tx.commit()?;
@@ -352,7 +352,11 @@ impl FulfillmentStore for SqliteStore {
         let (tracking, key) = (tracking_number.to_owned(), label_key.to_owned());
         self.writer
             .write(move |c| {
-                change(c, tenant, id, |s| {
+                change(c, tenant, id, |tx, s| {
+                    // A held order's shipments get no label (the release resumes them).
+                    if s.status == ShipmentStatus::Pending {
+                        super::holds::refuse_if_held(tx, tenant, s.order_id)?;
+                    }
                     let now = meridian_core::now();
                     Ok(label_created(s, &tracking, &key, &events, now)?)
                 })
@@ -370,7 +374,10 @@ impl FulfillmentStore for SqliteStore {
         let events = self.events.clone();
         self.writer
             .write(move |c| {
-                change(c, tenant, id, |s| {
+                change(c, tenant, id, |tx, s| {
+                    if ships_from_warehouse(s.status, status) {
+                        super::holds::refuse_if_held(tx, tenant, s.order_id)?;
+                    }
                     let now = meridian_core::now();
                     Ok(transition(s, status, detail, &events, now)?)
                 })

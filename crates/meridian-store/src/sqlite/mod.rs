@@ -23,12 +23,14 @@ mod conn;
 mod dead_letters;
 mod error;
 mod fulfillment;
+mod holds;
 mod notify;
 mod outbox;
 mod plugins;
 mod queries;
 mod readers;
 mod rows;
+mod snapshots;
 mod writer;
 
 use std::path::PathBuf;
@@ -204,6 +206,10 @@ impl Store for SqliteStore {
     }
 
     fn fulfillment(&self) -> &dyn crate::FulfillmentStore {
+        self
+    }
+
+    fn holds(&self) -> &dyn crate::HoldStore {
         self
     }
 
@@ -547,6 +553,18 @@ impl Store for SqliteStore {
         let (consumer, event) = (consumer.to_owned(), event.clone());
         self.writer
             .write(move |c| outbox::record_order_event(c, &consumer, &event))
+            .await
+    }
+
+    async fn apply_stock_snapshot(
+        &self,
+        consumer: &str,
+        snapshot: &crate::StockSnapshot,
+    ) -> Result<crate::SnapshotOutcome> {
+        let events = self.events.clone();
+        let (consumer, snapshot) = (consumer.to_owned(), snapshot.clone());
+        self.writer
+            .write(move |c| snapshots::apply(c, &events, &consumer, &snapshot))
             .await
     }
 

@@ -23,7 +23,8 @@ use meridian_orders::{
 };
 use meridian_store::{
     DeadLetterRecord, NewApiKey, NewRefreshToken, NewUser, OrderEvent, OutboxRecord, PageRequest,
-    RefreshOutcome, RevocationKind, Role, Scopes, Store, StoreError, Subject,
+    RefreshOutcome, RevocationKind, Role, Scopes, SnapshotOutcome, StockSnapshot, Store,
+    StoreError, Subject,
 };
 
 /// A store under test and whatever must live as long as it (a temporary directory, a
@@ -69,6 +70,8 @@ macro_rules! conformance_suite {
             api_keys_have_roles_scopes_expiry_and_rotation,
             refresh_tokens_rotate_and_reuse_revokes_the_family,
             signing_keys_and_revocations,
+            stock_snapshots_apply_once_in_count_order_and_per_tenant,
+            stock_snapshots_keep_reservations_and_need_known_levels,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -2445,4 +2448,183 @@ pub async fn signing_keys_and_revocations(store: Arc<dyn Store>) {
     assert_eq!(all[0], r1);
     let after = s.revocations_after(r1.seq).await.unwrap();
     assert_eq!(after, vec![r2]);
+}
+
+// --- warehouse stock snapshots ---
+
+const SNAPSHOTS: &str = "inventory-stock-snapshots";
+
+fn snapshot(t: TenantId, c: &str, s: &str, on_hand: i64, counted_at: &str) -> StockSnapshot {
+    StockSnapshot {
+        event_id: meridian_core::EventId::new(),
+        tenant: t,
+        warehouse: code(c),
+        sku: sku(s),
+        on_hand,
+        counted_at: counted_at.parse().unwrap(),
+    }
+}
+
+fn applied(o: SnapshotOutcome) -> (i64, i64) {
+    match o {
+        SnapshotOutcome::Applied(l) => (l.on_hand, l.reserved),
+        other => panic!("not applied: {other:?}"),
+    }
+}
+
+pub async fn stock_snapshots_apply_once_in_count_order_and_per_tenant(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "snapshots").await;
+    let other = tenant(s, "other").await;
+    for tt in [t, other] {
+        product(s, tt, "SKU-1", 100, "USD").await;
+        warehouse(s, tt, "W1", 1).await;
+    }
+    set(s, other, "W1", "SKU-1", 50).await;
+    let after_seq = outbox_from(s, 0).await.last().map_or(0, |r| r.seq);
+
+    let first = snapshot(t, "W1", "SKU-1", 12, "2026-11-21T10:00:00Z");
+    let got = s.apply_stock_snapshot(SNAPSHOTS, &first).await.unwrap();
+    assert_eq!(applied(got), (12, 0));
+    // A redelivery is applied once.
+    assert_eq!(
+        s.apply_stock_snapshot(SNAPSHOTS, &first).await.unwrap(),
+        SnapshotOutcome::Duplicate
+    );
+    // A later count replaces it; an earlier one arriving late changes nothing.
+    let later = snapshot(t, "W1", "SKU-1", 9, "2026-11-21T11:00:00Z");
+    assert_eq!(
+        applied(s.apply_stock_snapshot(SNAPSHOTS, &later).await.unwrap()),
+        (9, 0)
+    );
+    let late = snapshot(t, "W1", "SKU-1", 40, "2026-11-21T10:30:00Z");
+    assert_eq!(
+        s.apply_stock_snapshot(SNAPSHOTS, &late).await.unwrap(),
+        SnapshotOutcome::Stale {
+            last_counted_at: "2026-11-21T11:00:00Z".parse().unwrap()
+        }
+    );
+    // ... and is not considered again (the inbox has it).
+    assert_eq!(
+        s.apply_stock_snapshot(SNAPSHOTS, &late).await.unwrap(),
+        SnapshotOutcome::Duplicate
+    );
+    // A count taken at the same time is applied (a feed read twice in one second).
+    let same = snapshot(t, "W1", "SKU-1", 8, "2026-11-21T11:00:00Z");
+    assert_eq!(
+        applied(s.apply_stock_snapshot(SNAPSHOTS, &same).await.unwrap()),
+        (8, 0)
+    );
+
+    // Through the ledger: one `set` row per applied snapshot, and the level reconciles.
+    let ledger = full_ledger(s, t, "SKU-1").await;
+    let moves: Vec<(MovementKind, i64, i64)> = ledger
+        .iter()
+        .map(|e| (e.kind, e.on_hand_delta, e.on_hand_after))
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (MovementKind::Set, 12, 12),
+            (MovementKind::Set, -3, 9),
+            (MovementKind::Set, -1, 8)
+        ]
+    );
+    assert!(
+        ledger[0].reason.contains(&first.event_id.to_string()),
+        "{}",
+        ledger[0].reason
+    );
+    assert!(s.reconcile(None).await.unwrap().is_empty());
+    // With a `stock.changed` event for each, for the snapshot's tenant only.
+    let changed: Vec<(TenantId, i64)> = outbox_from(s, after_seq)
+        .await
+        .iter()
+        .filter(|r| r.topic.as_str().ends_with("stock.changed"))
+        .map(|r| {
+            (
+                r.envelope.tenant,
+                r.envelope.data["on_hand"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(changed, vec![(t, 12), (t, 9), (t, 8)]);
+
+    // Another tenant's stock is untouched, and the same event id is a separate
+    // inbox entry for another consumer only.
+    assert_eq!(stock(s, other, "SKU-1").await[0].on_hand, 50);
+    let again = StockSnapshot {
+        counted_at: "2026-11-21T12:00:00Z".parse().unwrap(),
+        ..first.clone()
+    };
+    assert_eq!(
+        s.apply_stock_snapshot(SNAPSHOTS, &again).await.unwrap(),
+        SnapshotOutcome::Duplicate
+    );
+    assert_eq!(
+        applied(
+            s.apply_stock_snapshot("another-consumer", &again)
+                .await
+                .unwrap()
+        ),
+        (12, 0)
+    );
+}
+
+pub async fn stock_snapshots_keep_reservations_and_need_known_levels(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = tenant(s, "snapshots").await;
+    let other = tenant(s, "other").await;
+    product(s, t, "SKU-1", 100, "USD").await;
+    warehouse(s, t, "W1", 1).await;
+    product(s, other, "SKU-2", 100, "USD").await;
+    warehouse(s, other, "W2", 1).await;
+    set(s, t, "W1", "SKU-1", 10).await;
+    s.place_order(order_cmd(t, &[("SKU-1", 6)], AllocationStrategy::Priority))
+        .await
+        .unwrap();
+
+    // Below what is reserved: refused like a stock take, and nothing is written, not
+    // even the inbox row or the count time (a replay after the cause is fixed applies it).
+    let short = snapshot(t, "W1", "SKU-1", 5, "2026-11-21T10:00:00Z");
+    assert_err!(
+        s.apply_stock_snapshot(SNAPSHOTS, &short).await,
+        StoreError::StockConflict(_)
+    );
+    let level = &stock(s, t, "SKU-1").await[0];
+    assert_eq!((level.on_hand, level.reserved), (10, 6));
+    let enough = snapshot(t, "W1", "SKU-1", 6, "2026-11-21T09:00:00Z");
+    assert_eq!(
+        applied(s.apply_stock_snapshot(SNAPSHOTS, &enough).await.unwrap()),
+        (6, 6)
+    );
+
+    // Unknown warehouse or SKU; another tenant's warehouse and SKU are unknown too.
+    for (c, k) in [("NOPE", "SKU-1"), ("W2", "SKU-2")] {
+        assert_err!(
+            s.apply_stock_snapshot(SNAPSHOTS, &snapshot(t, c, k, 1, "2026-11-21T10:00:00Z"))
+                .await,
+            StoreError::NotFound {
+                what: "warehouse",
+                ..
+            }
+        );
+    }
+    assert_err!(
+        s.apply_stock_snapshot(
+            SNAPSHOTS,
+            &snapshot(t, "W1", "SKU-2", 1, "2026-11-21T10:00:00Z")
+        )
+        .await,
+        StoreError::NotFound {
+            what: "product",
+            ..
+        }
+    );
+    assert!(stock(s, other, "SKU-2").await.is_empty());
+    // A refused snapshot retried (the same event) is refused again, not dropped.
+    assert_err!(
+        s.apply_stock_snapshot(SNAPSHOTS, &short).await,
+        StoreError::StockConflict(_)
+    );
 }

@@ -47,7 +47,7 @@ const CONSUMER: &str = "fulfillment-shipments";
 
 /// A tenant with one unit of SKU-1 in each of W1 and W2, and a confirmed order of two units
 /// split over both.
-async fn split_order(store: &dyn Store) -> Order {
+pub(crate) async fn split_order(store: &dyn Store) -> Order {
     let t = store.create_tenant("fulfil").await.unwrap().id;
     store
         .create_product(

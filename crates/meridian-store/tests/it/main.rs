@@ -3,6 +3,7 @@
 
 mod conformance;
 mod fulfillment;
+mod holds;
 mod notify;
 mod plugins;
 #[cfg(feature = "postgres")]

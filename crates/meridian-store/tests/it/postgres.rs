@@ -143,6 +143,7 @@ use crate::conformance::stocked;
 
 crate::conformance::conformance_suite!(postgres_store);
 crate::fulfillment::fulfillment_suite!(postgres_store);
+crate::holds::holds_suite!(postgres_store);
 crate::notify::notify_suite!(postgres_store);
 
 async fn postgres_plugins() -> crate::plugins::TestPlugins {
@@ -210,7 +211,7 @@ async fn concurrent_opens_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        [1, 2, 4, 5, 6, 7],
+        [1, 2, 4, 5, 6, 7, 8, 10],
         "each migration applied exactly once"
     );
 
@@ -390,6 +391,7 @@ async fn a_refused_order_does_not_fail_its_batch() {
                 Some(Customer {
                     email: "ana@example.com".into(),
                     name: Some(name.into()),
+                    phone: None,
                 }),
                 None,
                 AllocationStrategy::Priority,

@@ -45,6 +45,7 @@ fn listed(db: &Db) -> Vec<Value> {
 
 /// Starts `meridian sidecar --plugin {name}` and publishes one event through it.
 async fn publish_through_registry_sidecar(db: &Db, name: &str, rel: &str) -> reqwest::StatusCode {
+    meridian_http::install_crypto_provider();
     let mut child = tokio::process::Command::new(EXE)
         .args(["sidecar", "--plugin", name])
         .env_clear()

@@ -1,7 +1,9 @@
 //! The Python SDK and the `fraud-screen` reference plugin, end to end: a real
 //! `meridian sidecar` on the embedded bus, the real plugin run by `python3`, order-created
-//! events published onto the bus and the decisions read back from it. Python is required:
-//! these tests fail, never skip, when `python3` cannot be started.
+//! events published onto the bus and the decisions read back from it; and the whole loop
+//! through `meridian serve`, whose instance manager runs the registered plugin and whose
+//! orders service applies its decisions (holds block labels until released). Python is
+//! required: these tests fail, never skip, when `python3` cannot be started.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::EXE;
+use crate::support::{Api, Db, EXE, Server, create_tenant, run_cli};
 
 const TOKEN: &str = "python-plugin-token-0123456789";
 
@@ -36,40 +38,57 @@ struct World {
     url: String,
 }
 
+/// Starts `meridian sidecar` for the fraud-screen manifest on the embedded stack in `dir`,
+/// with `extra` arguments; the process and its URL (from the address line it prints).
+pub(crate) async fn spawn_fraud_screen_sidecar(
+    dir: &Path,
+    deployment: &str,
+    token: &str,
+    extra: &[&std::ffi::OsStr],
+) -> (Child, String) {
+    let mut child = Command::new(EXE)
+        .arg("sidecar")
+        .arg("--manifest")
+        .arg(repo_root().join("plugins/fraud-screen/manifest.toml"))
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MERIDIAN_SIDECAR_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .env("STORAGE_BACKEND", "sqlite")
+        .env("MERIDIAN_DATA_DIR", dir)
+        .env("MERIDIAN_DEPLOYMENT_ID", deployment)
+        .env("BUS_BACKEND", "embedded")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn meridian sidecar");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the sidecar printed its address in time")
+        .expect("read stdout")
+        .expect("the sidecar exited before listening");
+    let v: Value = serde_json::from_str(&line).expect("a JSON line");
+    let url = format!("http://{}", v["listening"].as_str().unwrap());
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
 impl World {
     async fn start(config: Value) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let deployment = format!("py{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
-        let mut child = Command::new(EXE)
-            .arg("sidecar")
-            .arg("--manifest")
-            .arg(repo_root().join("plugins/fraud-screen/manifest.toml"))
-            .arg("--plugin-config")
-            .arg(&config_path)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("MERIDIAN_SIDECAR_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .env("STORAGE_BACKEND", "sqlite")
-            .env("MERIDIAN_DATA_DIR", dir.path())
-            .env("MERIDIAN_DEPLOYMENT_ID", &deployment)
-            .env("BUS_BACKEND", "embedded")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn meridian sidecar");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the sidecar printed its address in time")
-            .expect("read stdout")
-            .expect("the sidecar exited before listening");
-        let v: Value = serde_json::from_str(&line).expect("a JSON line");
-        let url = format!("http://{}", v["listening"].as_str().unwrap());
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, url) = spawn_fraud_screen_sidecar(
+            dir.path(),
+            &deployment,
+            TOKEN,
+            &["--plugin-config".as_ref(), config_path.as_os_str()],
+        )
+        .await;
         World {
             dir,
             deployment,
@@ -140,6 +159,7 @@ impl World {
     }
 
     async fn state(&self, key: &str) -> Option<Value> {
+        meridian_http::install_crypto_provider();
         let resp = reqwest::Client::new()
             .get(format!("{}/v1/state/{key}", self.url))
             .bearer_auth(TOKEN)
@@ -321,4 +341,200 @@ async fn the_python_sdk_raises_sidecar_errors_with_their_problem_code() {
     assert_eq!(out["after_ack"], json!([]), "{out}");
     assert_eq!(out["unauthorized"]["code"], "unauthorized", "{out}");
     assert_eq!(out["unauthorized"]["status"], 401, "{out}");
+}
+
+fn cli(db: &Db, args: &[&str]) -> String {
+    let out = run_cli(db, args);
+    assert!(
+        out.status.success(),
+        "meridian {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `GET path` until `done` holds for its body; panics after 60 s.
+async fn until(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = api.ok(reqwest::Method::GET, path, None).await;
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what}: {path} is {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn shipment_statuses(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|s| s["status"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn event_types(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|e| e["type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_orders_service_applies_fraud_screen_decisions_and_holds_block_labels() {
+    let db = Db::sqlite();
+    // Registered and approved like an operator would; the server's instance manager runs
+    // it (with its default limits: more than 100000 minor units or 50 units is held).
+    let manifest = repo_root().join("plugins/fraud-screen/manifest.toml");
+    cli(&db, &["plugins", "register", manifest.to_str().unwrap()]);
+    let plugin: Value = serde_json::from_str(&cli(&db, &["plugins", "show", "fraud-screen"]))
+        .expect("plugins show prints JSON");
+    for grant in plugin["grants"].as_array().expect("grants") {
+        cli(
+            &db,
+            &[
+                "plugins",
+                "approve",
+                "fraud-screen",
+                grant["id"].as_str().unwrap(),
+            ],
+        );
+    }
+    let server = Server::start_in(
+        &db,
+        &[
+            ("BUS_BACKEND", "embedded".into()),
+            ("MERIDIAN_PLUGIN_POLL_MS", "100".into()),
+            ("MERIDIAN_AWAIT_SCREENING", "true".into()),
+        ],
+        &repo_root(),
+    )
+    .await;
+    let (_, key) = create_tenant(&db, "Screened");
+    let api = Api::new(&server.base, &key);
+    api.seed("FRAUD-1", &[500]).await;
+    let place = |quantity: i64| {
+        let api = api.clone();
+        async move {
+            let order = api
+                .ok(
+                    reqwest::Method::POST,
+                    "/v1/orders",
+                    Some(json!({
+                        "lines": [{"sku": "FRAUD-1", "quantity": quantity}],
+                        "shipping_address": {"line1": "Main St 1", "city": "Berlin",
+                            "postal_code": "10115", "country": "DE"},
+                    })),
+                )
+                .await;
+            order["id"].as_str().unwrap().to_owned()
+        }
+    };
+    // 101 units at 9.99: above both limits. One unit: within them.
+    let big = place(101).await;
+    let small = place(1).await;
+
+    // The small order is approved and its shipment gets its label.
+    let got = until(
+        &api,
+        &format!("/v1/orders/{small}"),
+        "the small order screened",
+        |o| o["screening"]["decision"] == "approve",
+    )
+    .await;
+    assert!(got.get("hold").is_none(), "{got}");
+    assert_eq!(got["screening"]["source"], "fraud-screen");
+    until(
+        &api,
+        &format!("/v1/shipments?order_id={small}"),
+        "the small order's label",
+        |l| shipment_statuses(l) == ["label_created"],
+    )
+    .await;
+
+    // The big order is held: it stays confirmed, and its shipment gets no label.
+    let got = until(
+        &api,
+        &format!("/v1/orders/{big}"),
+        "the big order held",
+        |o| o["hold"].is_object(),
+    )
+    .await;
+    assert_eq!(got["status"], "confirmed");
+    assert_eq!(got["hold"]["source"], "fraud-screen");
+    assert!(
+        got["hold"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("100899")),
+        "{got}"
+    );
+    assert_eq!(got["screening"]["decision"], "hold");
+    let list = until(
+        &api,
+        &format!("/v1/shipments?order_id={big}"),
+        "the big order's shipment",
+        |l| !shipment_statuses(l).is_empty(),
+    )
+    .await;
+    assert_eq!(shipment_statuses(&list), ["pending"], "{list}");
+    let shipment = list["items"][0]["id"].as_str().unwrap().to_owned();
+    assert!(list["items"][0]["tracking_number"].is_null(), "{list}");
+    // The timeline shows the hold.
+    until(
+        &api,
+        &format!("/v1/orders/{big}/events"),
+        "order.held recorded",
+        |e| event_types(e).contains(&"meridian.oms.order.held".to_owned()),
+    )
+    .await;
+    // While held it cannot be marked shipped (it has no label either).
+    let (status, problem) = api
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/orders/{big}/fulfill"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("order_on_hold"))
+    );
+
+    // An operator releases it: the label is made, and the timeline shows the release.
+    let released = api
+        .ok(
+            reqwest::Method::POST,
+            &format!("/v1/orders/{big}/release"),
+            None,
+        )
+        .await;
+    assert!(released.get("hold").is_none(), "{released}");
+    until(
+        &api,
+        &format!("/v1/shipments/{shipment}"),
+        "the released order's label",
+        |s| s["status"] == "label_created",
+    )
+    .await;
+    let events = until(
+        &api,
+        &format!("/v1/orders/{big}/events"),
+        "order.released recorded",
+        |e| event_types(e).contains(&"meridian.oms.order.released".to_owned()),
+    )
+    .await;
+    let types = event_types(&events);
+    assert_eq!(types[0], "meridian.oms.order.created", "{types:?}");
+    drop(server);
 }

@@ -130,6 +130,7 @@ struct Sidecar {
 
 impl Sidecar {
     async fn start(world: &World, manifest: &PathBuf) -> Sidecar {
+        meridian_http::install_crypto_provider();
         let mut cmd = Command::new(EXE);
         cmd.arg("sidecar")
             .arg("--manifest")

@@ -108,6 +108,9 @@ pub fn run_cli(db: &Db, args: &[&str]) -> Output {
 }
 
 pub fn command(db: &Db) -> Command {
+    // Every test reaches the binary through here first; its reqwest clients need the
+    // process's rustls provider.
+    meridian_http::install_crypto_provider();
     let mut cmd = Command::new(EXE);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -149,6 +152,13 @@ impl Server {
 
     /// As [`Server::start`], with extra environment (a bus backend, a deployment id).
     pub async fn start_with(db: &Db, env: &[(&str, String)]) -> Server {
+        Self::start_in(db, env, &db.data_dir()).await
+    }
+
+    /// As [`Server::start_with`], in the working directory `dir` (where the plugin
+    /// manager runs plugins' relative commands).
+    pub async fn start_in(db: &Db, env: &[(&str, String)], dir: &std::path::Path) -> Server {
+        meridian_http::install_crypto_provider();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -156,6 +166,7 @@ impl Server {
             .port();
         let log = db.data_dir().join(format!("server-{port}.log"));
         let child = command(db)
+            .current_dir(dir)
             .arg("serve")
             .env("MERIDIAN_BIND", format!("127.0.0.1:{port}"))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -213,6 +224,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, key: &str) -> Api {
+        meridian_http::install_crypto_provider();
         Api {
             base: base.to_owned(),
             key: key.to_owned(),

@@ -1,0 +1,3 @@
+//! Outbound HTTP against real local servers.
+
+mod tls;
