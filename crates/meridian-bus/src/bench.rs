@@ -497,8 +497,8 @@ pub fn micros_since(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// A benchmark message whose encoded envelope is about as long as `pad` makes it; `t` is
-/// the send time ([`micros_since`]), filled in per batch.
+/// A benchmark message whose encoded envelope is about as long as `pad` makes it. Its event
+/// time is the send time, set per batch ([`latency_micros`] reads it).
 pub fn payload_message(topic: &Topic, n: u64, pad: &str) -> Message {
     Message::new(topic.clone(), payload_envelope(n, pad))
 }
@@ -511,7 +511,7 @@ pub fn payload_envelope(n: u64, pad: &str) -> Envelope {
         TenantId::new(),
         format!("order-{}", n % 1024),
         meridian_core::now(),
-        json!({ "n": n, "t": 0u64, "pad": pad }),
+        json!({ "n": n, "pad": pad }),
     )
 }
 
@@ -522,9 +522,11 @@ pub fn padding(topic: &Topic, payload_bytes: usize) -> Result<String, BusError> 
     Ok("x".repeat(payload_bytes.saturating_sub(overhead)))
 }
 
-/// The send time a [`payload_message`] carries.
-pub fn sent_at(message: &Message) -> u64 {
-    message.envelope().data["t"].as_u64().unwrap_or(0)
+/// Microseconds from a [`payload_message`]'s send time (its event time, which the bus reads
+/// without decoding the envelope) to now.
+pub fn latency_micros(message: &Message) -> u64 {
+    let elapsed = meridian_core::now() - message.time();
+    u64::try_from(elapsed.num_microseconds().unwrap_or(0)).unwrap_or(0)
 }
 
 /// Moves `options.messages` messages of about `options.payload_bytes` on `topic` through
@@ -552,7 +554,6 @@ pub async fn bench_throughput(
     let pad = padding(topic, options.payload_bytes)?;
     let total = options.messages;
     let concurrent_acks = options.concurrent_acks.max(1);
-    let base = Instant::now();
     let consumer = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(total as usize);
         let mut acks = FuturesUnordered::new();
@@ -570,7 +571,7 @@ pub async fn bench_throughput(
                 Some(acked) = acks.next(), if !acks.is_empty() => acked?,
                 delivery = sub.next() => {
                     let delivery = delivery?;
-                    latencies.push(micros_since(base).saturating_sub(sent_at(&delivery.message)));
+                    latencies.push(latency_micros(&delivery.message));
                     received += 1;
                     if concurrent_acks == 1 {
                         delivery.ack().await?;
@@ -586,8 +587,8 @@ pub async fn bench_throughput(
         Ok::<_, BusError>((Instant::now(), latencies))
     });
     // The envelopes are built before the clock starts; the send time is written into each
-    // per batch, so encoding them (`Message::new`) is inside the clock, as it was when
-    // backends encoded on publish.
+    // (as its event time) per batch, so encoding them (`Message::new`) is inside the clock,
+    // as it was when backends encoded on publish.
     let mut batches: Vec<Vec<Envelope>> = Vec::new();
     let mut n = 0;
     while n < total {
@@ -597,11 +598,11 @@ pub async fn bench_throughput(
     }
     let started = Instant::now();
     for batch in batches {
-        let t = micros_since(base);
+        let now = meridian_core::now();
         let batch: Vec<Message> = batch
             .into_iter()
             .map(|mut e| {
-                e.data["t"] = t.into();
+                e.time = now;
                 Message::new(topic.clone(), e)
             })
             .collect();
