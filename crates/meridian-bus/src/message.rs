@@ -3,6 +3,7 @@
 //! (for fan-out or redelivery) and freeing it on the consumer's core cost a reference count,
 //! not one allocation per envelope field.
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -44,23 +45,39 @@ impl Header {
     const JSON_LEN: std::ops::Range<usize> = 44..48;
     const LEN: usize = 48;
 
-    /// Writes the header into an empty buffer (the JSON's length is filled in by
-    /// [`Header::finish`]).
-    fn write(buf: &mut Vec<u8>, id: EventId, tenant: TenantId, time: Timestamp) {
-        buf.extend_from_slice(id.as_uuid().as_bytes());
-        buf.extend_from_slice(tenant.as_uuid().as_bytes());
-        buf.extend_from_slice(&time.timestamp().to_le_bytes());
-        buf.extend_from_slice(&time.timestamp_subsec_nanos().to_le_bytes());
-        buf.extend_from_slice(&[0; 4]);
-    }
-
-    /// Records where the JSON ends (it was written after the header) and appends the key.
-    fn finish(mut buf: Vec<u8>, key: &str) -> Arc<[u8]> {
-        let json_len = u32::try_from(buf.len() - Self::LEN)
-            .unwrap_or_else(|_| unreachable!("an envelope under 4 GiB"));
-        buf[Self::JSON_LEN].copy_from_slice(&json_len.to_le_bytes());
-        buf.extend_from_slice(key.as_bytes());
-        buf.into()
+    /// Assembles a message's buffer: the header, the JSON `body` writes, then the key. It is
+    /// put together in a scratch buffer kept per thread and copied into a buffer of its
+    /// exact size, one allocation per message.
+    fn assemble(
+        id: EventId,
+        tenant: TenantId,
+        time: Timestamp,
+        key: &str,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) -> Arc<[u8]> {
+        /// Scratch buffers past this size are not kept for the next message.
+        const KEEP: usize = 64 * 1024;
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.extend_from_slice(id.as_uuid().as_bytes());
+            buf.extend_from_slice(tenant.as_uuid().as_bytes());
+            buf.extend_from_slice(&time.timestamp().to_le_bytes());
+            buf.extend_from_slice(&time.timestamp_subsec_nanos().to_le_bytes());
+            buf.extend_from_slice(&[0; 4]);
+            body(buf);
+            let json_len = u32::try_from(buf.len() - Self::LEN)
+                .unwrap_or_else(|_| unreachable!("an envelope under 4 GiB"));
+            buf[Self::JSON_LEN].copy_from_slice(&json_len.to_le_bytes());
+            buf.extend_from_slice(key.as_bytes());
+            let message = Arc::from(&buf[..]);
+            if buf.capacity() > KEEP {
+                *buf = Vec::new();
+            }
+            message
+        })
     }
 }
 
@@ -102,12 +119,11 @@ impl Message {
             BusError::Internal(format!("undecodable message on {topic}: {e}"))
         };
         let head: check::Head<'_> = serde_json::from_slice(bytes).map_err(|e| undecodable(&e))?;
-        let mut buf = Vec::with_capacity(Header::LEN + bytes.len() + head.subject.len());
-        Header::write(&mut buf, head.id, head.tenant, head.time);
-        buf.extend_from_slice(bytes);
         Ok(Self {
             topic,
-            buf: Header::finish(buf, &head.subject),
+            buf: Header::assemble(head.id, head.tenant, head.time, &head.subject, |buf| {
+                buf.extend_from_slice(bytes);
+            }),
             decoded: OnceLock::new(),
         })
     }
@@ -201,14 +217,18 @@ impl std::fmt::Debug for Message {
 
 /// `envelope`'s header, encoded JSON and key, in one buffer.
 fn encode(envelope: &Envelope) -> Arc<[u8]> {
-    // Most envelopes are a few hundred bytes; one guess saves the doublings below it.
-    let mut buf = Vec::with_capacity(Header::LEN + 512 + envelope.subject.len());
-    Header::write(&mut buf, envelope.id, envelope.tenant, envelope.time);
-    // Serializing an envelope cannot fail: every field is a string, an id, a time or a JSON
-    // value (whose map keys are strings), written into memory.
-    serde_json::to_writer(&mut buf, envelope)
-        .unwrap_or_else(|e| unreachable!("an envelope serializes to JSON: {e}"));
-    Header::finish(buf, &envelope.subject)
+    Header::assemble(
+        envelope.id,
+        envelope.tenant,
+        envelope.time,
+        &envelope.subject,
+        |buf| {
+            // Serializing an envelope cannot fail: every field is a string, an id, a time or
+            // a JSON value (whose map keys are strings), written into memory.
+            serde_json::to_writer(buf, envelope)
+                .unwrap_or_else(|e| unreachable!("an envelope serializes to JSON: {e}"));
+        },
+    )
 }
 
 /// The encoded envelope of a message's buffer (up to the given end), as the owner of a
