@@ -47,7 +47,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
-            messages: 20_000,
+            messages: 100_000,
             payload_bytes: 1024,
             batch: 100,
             prefetch: 256,

@@ -50,7 +50,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             url: crate::DEFAULT_URL.to_owned(),
-            messages: 20_000,
+            messages: 100_000,
             payload_bytes: 1024,
             batch: 100,
             prefetch: 256,

@@ -11,6 +11,9 @@
 //! - **supervise**: a pair is restarted when either process exits or the sidecar's `/healthz`
 //!   fails [`ManagerConfig::liveness_failures`] checks in a row, after an exponential backoff
 //!   that resets once a pair has stayed up for [`ManagerConfig::stable_after`];
+//! - **restart on a decision**: a running pair whose grant decisions or manifest changed
+//!   (an approved grant denied, say) is stopped and started again at once, since the sidecar
+//!   reads them when it starts: a revocation takes effect within one poll;
 //! - **stop**: on deregistration;
 //! - **report**: [`Status`] per plugin, read by the API (`GET /v1/plugins/{id}`).
 //!
@@ -151,8 +154,22 @@ impl ManagerConfig {
 type Statuses = Arc<RwLock<HashMap<Uuid, Status>>>;
 
 struct Supervised {
+    /// What the pair was started with ([`revision`]).
+    revision: Revision,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// What a running sidecar read at its start and would read differently now: the manifest
+/// and each grant's decision.
+type Revision = (String, Vec<(Uuid, GrantState)>);
+
+/// The [`Revision`] of a registered plugin.
+fn revision(p: &PluginRecord) -> Revision {
+    (
+        p.manifest.clone(),
+        p.grants.iter().map(|g| (g.id, g.state)).collect(),
+    )
 }
 
 /// The running manager. Dropping it does not stop the pairs; call [`Manager::shutdown`].
@@ -249,24 +266,32 @@ async fn reconcile_loop(
     loop {
         match store.list_plugins().await {
             Ok(plugins) => {
-                let wanted: HashMap<Uuid, InstanceSpec> = plugins
+                let wanted: HashMap<Uuid, (InstanceSpec, Revision)> = plugins
                     .iter()
-                    .filter_map(|p| runnable(p).map(|s| (p.id, s)))
+                    .filter_map(|p| runnable(p).map(|s| (p.id, (s, revision(p)))))
                     .collect();
-                // Deregistered (or no longer runnable): stop.
-                let gone: Vec<Uuid> = running
-                    .keys()
-                    .filter(|id| !wanted.contains_key(id))
-                    .copied()
+                // Deregistered (or no longer runnable): stop. Changed decisions: stop, and
+                // start again below.
+                let stale: Vec<(Uuid, bool)> = running
+                    .iter()
+                    .filter_map(|(id, s)| match wanted.get(id) {
+                        None => Some((*id, false)),
+                        Some((_, r)) if *r != s.revision => Some((*id, true)),
+                        Some(_) => None,
+                    })
                     .collect();
-                for id in gone {
+                for (id, restart) in stale {
                     if let Some(s) = running.remove(&id) {
                         let _ = s.stop.send(true);
                         let _ = s.task.await;
-                        tracing::info!(plugin.id = %id, "plugin pair stopped");
+                        if restart {
+                            tracing::info!(plugin.id = %id, "grant decisions changed; restarting the plugin pair");
+                        } else {
+                            tracing::info!(plugin.id = %id, "plugin pair stopped");
+                        }
                     }
                 }
-                for (id, spec) in wanted {
+                for (id, (spec, revision)) in wanted {
                     if running.contains_key(&id) {
                         continue;
                     }
@@ -279,7 +304,14 @@ async fn reconcile_loop(
                         Arc::clone(&statuses),
                         stop_rx,
                     ));
-                    running.insert(id, Supervised { stop, task });
+                    running.insert(
+                        id,
+                        Supervised {
+                            revision,
+                            stop,
+                            task,
+                        },
+                    );
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the plugin registry"),

@@ -45,8 +45,8 @@ pub struct BusArgs {
     /// amqp://guest:guest@127.0.0.1:5672/%2f).
     #[arg(long)]
     url: Option<String>,
-    /// Messages moved through the bus per run (default: 1,000,000 for memory, 100,000 for
-    /// embedded, 20,000 for nats and rabbitmq).
+    /// Messages moved through the bus per run (default: 5,000,000 for memory, 100,000 for
+    /// the others: long enough that start-up does not sway the figure).
     #[arg(long)]
     messages: Option<u64>,
     /// Messages per publish_batch call, 1 = one publish per message (default: 256 for
@@ -172,7 +172,7 @@ async fn run_bus(args: BusArgs) -> Result<()> {
 
 async fn run_bus_memory(args: &BusArgs) -> Result<()> {
     let options = meridian_bus::bench::BenchOptions {
-        messages: args.messages.unwrap_or(1_000_000),
+        messages: args.messages.unwrap_or(5_000_000),
         batch: args.batch.unwrap_or(256),
         track_unacked: args.track_unacked,
         spin: Duration::from_micros(args.spin_us),

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::support::{Db, Server, create_tenant, run_cli};
 
 async fn token(base: &str, form: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .post(format!("{base}/v1/auth/token"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form.to_owned())
@@ -21,7 +21,7 @@ async fn token(base: &str, form: &str) -> (u16, Value) {
 }
 
 async fn status(base: &str, bearer: &str) -> u16 {
-    reqwest::Client::new()
+    crate::support::http()
         .get(format!("{base}/v1/products"))
         .bearer_auth(bearer)
         .send()
@@ -61,7 +61,7 @@ async fn revocation_reaches_the_second_instance(db: Db, env: &[(&str, String)]) 
     assert_eq!(status(&b.base, &key).await, 200);
 
     // Revoke the JWT on A: B refuses it within a second.
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .post(format!("{}/v1/auth/revoke", a.base))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("token={jwt}"))
@@ -74,7 +74,7 @@ async fn revocation_reaches_the_second_instance(db: Db, env: &[(&str, String)]) 
     assert!(took < Duration::from_secs(1), "took {took:?}");
 
     // Rotate the API key on A: the old secret, cached on B, is refused there within a second.
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .post(format!("{}/v1/api-keys/{key_id}/rotate", a.base))
         .bearer_auth(&key)
         .send()

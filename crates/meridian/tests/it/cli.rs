@@ -149,7 +149,7 @@ async fn dev_seeds_a_demo_tenant_once_and_prints_how_to_reach_it() {
         assert_eq!(stock["total"]["available"], 1);
         // The demo login works at the token endpoint.
         let (email, password) = login.split_once(" / ").expect("email / password");
-        let r = reqwest::Client::new()
+        let r = crate::support::http()
             .post(format!("http://127.0.0.1:{port}/v1/auth/token"))
             .json(&serde_json::json!({"grant_type": "password", "username": email, "password": password}))
             .send()

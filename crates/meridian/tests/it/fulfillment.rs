@@ -33,7 +33,7 @@ fn statuses(list: &Value) -> Vec<&str> {
 }
 
 async fn download(api: &Api, key: &str, path: &str) -> (u16, String, Vec<u8>) {
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .get(format!("{}{path}", api.base))
         .bearer_auth(key)
         .send()
@@ -269,7 +269,7 @@ async fn webhook(base: &str, secret: &str, body: Value) -> (u16, Value) {
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
     let ts = chrono::Utc::now().timestamp();
     let sig = meridian_fulfillment_service::WebhookSecret::new(secret).sign(&id, ts, &body);
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .post(format!("{base}/v1/carrier-webhooks/tracking"))
         .header("content-type", "application/json")
         .header("webhook-id", id)
@@ -359,7 +359,7 @@ async fn http_carrier_labels_and_signed_tracking_webhooks() {
     let event = json!({"tracking_number": tracking, "status": "shipped"});
     let (status, body) = webhook(&server.base, "not-the-carrier-secret", event.clone()).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .post(format!("{}/v1/carrier-webhooks/tracking", server.base))
         .json(&event)
         .send()

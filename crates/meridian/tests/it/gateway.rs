@@ -46,7 +46,7 @@ fn write_plan_config(db: &Db, read: &str) {
 
 /// One GET with the key; returns status, headers and the JSON body.
 async fn get(base: &str, key: &str, path: &str) -> (u16, reqwest::header::HeaderMap, Value) {
-    let resp = reqwest::Client::new()
+    let resp = crate::support::http()
         .get(format!("{base}{path}"))
         .bearer_auth(key)
         .send()
@@ -316,7 +316,7 @@ async fn split_mode_routes_through_the_gateway_to_two_service_processes() {
     assert_eq!(fetched["id"], order["id"]);
 
     // The request id goes through and comes back; rate limits are the gateway's.
-    let resp = reqwest::Client::new()
+    let resp = crate::support::http()
         .get(format!("{}/v1/products/SPLIT-1", gateway.base))
         .bearer_auth(&key)
         .header("x-request-id", "split-req-1")
@@ -394,7 +394,7 @@ async fn requests_get_ids_cors_and_one_json_access_log_line() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http();
 
     // A client's request id is kept; a missing one is generated.
     let resp = http
@@ -477,7 +477,7 @@ async fn the_token_endpoint_is_limited_per_client_ip() {
     .unwrap();
     let server =
         Server::start_with(&db, &[("MERIDIAN_RATE_LIMIT_POLICY", "local".to_owned())]).await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http();
     let mut statuses = Vec::new();
     for _ in 0..3 {
         let resp = http

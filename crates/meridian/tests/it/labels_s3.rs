@@ -93,7 +93,7 @@ async fn labels_live_in_an_s3_bucket_and_survive_its_outage() {
     assert!(!db.data_dir().join("objects").join("labels").exists());
 
     // Downloaded through the authenticated URL ...
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .get(format!(
             "{}{}",
             server.base,

@@ -62,7 +62,7 @@ async fn platform_admin(db: &Db, base: &str) -> String {
         writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
     }
     assert!(child.wait().unwrap().success());
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .post(format!("{base}/v1/auth/token"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(
@@ -163,7 +163,7 @@ async fn pairs_run_crash_loops_back_off_and_deregistration_stops_them() {
         env[3], "unset",
         "the plugin inherits none of the server's settings"
     );
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .get(format!("{sidecar}/v1/config"))
         .bearer_auth(sidecar_token)
         .send()
@@ -196,7 +196,7 @@ async fn pairs_run_crash_loops_back_off_and_deregistration_stops_them() {
     cli(&db, &["plugins", "deregister", "steady"]);
     cli(&db, &["plugins", "deregister", "crashy"]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let http = reqwest::Client::new();
+    let http = crate::support::http();
     loop {
         let plugin_alive = Path::new(&format!("/proc/{pid}")).exists();
         let sidecar_alive = http
@@ -223,4 +223,97 @@ async fn pairs_run_crash_loops_back_off_and_deregistration_stops_them() {
         before,
         "a deregistered plugin was restarted"
     );
+}
+
+/// Publishes one event through a sidecar, as its plugin would.
+async fn publish(sidecar: &str, token: &str, topic: &str) -> reqwest::StatusCode {
+    crate::support::http()
+        .post(format!("{sidecar}/v1/publish"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({
+            "topic": topic,
+            "subject": "o-1",
+            "tenant": meridian_core::TenantId::new(),
+            "data": {}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Denying an approved grant of a running plugin restarts its pair, and the new sidecar
+/// refuses what the grant allowed; approving it again restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_decision_restarts_the_running_pair() {
+    let db = Db::sqlite();
+    let env = db.data_dir().join("flagger.env");
+    let manifest = db.data_dir().join("flagger.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"flagger\"\nversion = \"1.0.0\"\npool = \"dgm\"\n\n[run]\ncommand = [\"sh\", \"-c\", {:?}]\n\n[grants]\npublish = [\"platform.oms.order.flagged\"]\n",
+            format!(
+                "printf '%s\\n%s\\n' \"$MERIDIAN_SIDECAR_URL\" \"$MERIDIAN_SIDECAR_TOKEN\" > {}.tmp && mv {0}.tmp {0}; exec sleep 3600",
+                env.display()
+            )
+        ),
+    )
+    .unwrap();
+    cli(&db, &["plugins", "register", manifest.to_str().unwrap()]);
+    let listed = cli(&db, &["plugins", "list"]);
+    let plugin: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    let grant = plugin["grants"][0]["id"].as_str().unwrap().to_owned();
+    cli(&db, &["plugins", "approve", "flagger", &grant]);
+    let server = Server::start_with(
+        &db,
+        &[
+            ("BUS_BACKEND", "embedded".into()),
+            ("MERIDIAN_PLUGIN_POLL_MS", "100".into()),
+        ],
+    )
+    .await;
+    let token = platform_admin(&db, &server.base).await;
+    let api = Api::new(&server.base, &token);
+    let topic = "platform.oms.order.flagged";
+
+    until_status(&api, "flagger", "running").await;
+    let first = until_lines(&env, 2).await;
+    assert_eq!(
+        publish(&first[0], &first[1], topic).await,
+        reqwest::StatusCode::ACCEPTED
+    );
+
+    // Revoked: the pair is started again with a new token, and its sidecar refuses.
+    // Approved again: allowed again.
+    let mut current = first;
+    for (decision, expected) in [
+        ("deny", reqwest::StatusCode::FORBIDDEN),
+        ("approve", reqwest::StatusCode::ACCEPTED),
+    ] {
+        cli(&db, &["plugins", decision, "flagger", &grant]);
+        current = until_changed(&env, &current).await;
+        until_status(&api, "flagger", "running").await;
+        assert_eq!(
+            publish(&current[0], &current[1], topic).await,
+            expected,
+            "after {decision}"
+        );
+    }
+}
+
+/// Waits until the plugin has written a new sidecar address and token (a new start).
+async fn until_changed(path: &Path, before: &[String]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = lines(path);
+        if now.len() >= 2 && now[1] != before[1] {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pair was not restarted after the decision changed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -45,7 +45,6 @@ fn listed(db: &Db) -> Vec<Value> {
 
 /// Starts `meridian sidecar --plugin {name}` and publishes one event through it.
 async fn publish_through_registry_sidecar(db: &Db, name: &str, rel: &str) -> reqwest::StatusCode {
-    meridian_http::install_crypto_provider();
     let mut child = tokio::process::Command::new(EXE)
         .args(["sidecar", "--plugin", name])
         .env_clear()
@@ -68,7 +67,7 @@ async fn publish_through_registry_sidecar(db: &Db, name: &str, rel: &str) -> req
         .expect("the sidecar exited before listening");
     let v: Value = serde_json::from_str(&line).unwrap();
     let base = format!("http://{}", v["listening"].as_str().unwrap());
-    let status = reqwest::Client::new()
+    let status = crate::support::http()
         .post(format!("{base}/v1/publish"))
         .bearer_auth(TOKEN)
         .json(&json!({"topic": rel, "subject": "o-1", "tenant": TenantId::new(), "data": {}}))

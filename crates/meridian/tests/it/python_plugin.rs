@@ -159,8 +159,7 @@ impl World {
     }
 
     async fn state(&self, key: &str) -> Option<Value> {
-        meridian_http::install_crypto_provider();
-        let resp = reqwest::Client::new()
+        let resp = crate::support::http()
             .get(format!("{}/v1/state/{key}", self.url))
             .bearer_auth(TOKEN)
             .send()

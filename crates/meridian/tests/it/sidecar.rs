@@ -130,7 +130,6 @@ struct Sidecar {
 
 impl Sidecar {
     async fn start(world: &World, manifest: &PathBuf) -> Sidecar {
-        meridian_http::install_crypto_provider();
         let mut cmd = Command::new(EXE);
         cmd.arg("sidecar")
             .arg("--manifest")
@@ -158,7 +157,7 @@ impl Sidecar {
         Sidecar {
             child,
             base,
-            http: reqwest::Client::new(),
+            http: crate::support::http(),
         }
     }
 

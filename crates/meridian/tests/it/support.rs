@@ -108,9 +108,6 @@ pub fn run_cli(db: &Db, args: &[&str]) -> Output {
 }
 
 pub fn command(db: &Db) -> Command {
-    // Every test reaches the binary through here first; its reqwest clients need the
-    // process's rustls provider.
-    meridian_http::install_crypto_provider();
     let mut cmd = Command::new(EXE);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -158,7 +155,6 @@ impl Server {
     /// As [`Server::start_with`], in the working directory `dir` (where the plugin
     /// manager runs plugins' relative commands).
     pub async fn start_in(db: &Db, env: &[(&str, String)], dir: &std::path::Path) -> Server {
-        meridian_http::install_crypto_provider();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -184,7 +180,7 @@ impl Server {
     }
 
     async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
+        let client = http();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
@@ -222,13 +218,20 @@ pub struct Api {
     http: reqwest::Client,
 }
 
+/// An HTTP client for talking to the processes under test. Every client of this binary is
+/// built here: reqwest's TLS has no provider of its own, so the process's must be installed
+/// first.
+pub fn http() -> reqwest::Client {
+    meridian_http::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 impl Api {
     pub fn new(base: &str, key: &str) -> Api {
-        meridian_http::install_crypto_provider();
         Api {
             base: base.to_owned(),
             key: key.to_owned(),
-            http: reqwest::Client::new(),
+            http: http(),
         }
     }
 
