@@ -8,6 +8,8 @@
 //! never ships, for an order that is held at that moment. Its conformance cases are in
 //! `tests/it/holds.rs`.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use meridian_core::{EventId, EventSource, OrderId, OutboxEvent, TenantId, Timestamp};
 use meridian_orders::OrderStatus;
@@ -69,6 +71,13 @@ pub struct OrderHoldState {
     pub screening: Option<Screening>,
 }
 
+impl OrderHoldState {
+    /// Neither held nor screened.
+    pub fn is_empty(&self) -> bool {
+        self.hold.is_none() && self.screening.is_none()
+    }
+}
+
 /// What a hold, release or screening did to the order's hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HoldChange {
@@ -100,6 +109,15 @@ pub enum ScreeningOutcome {
 pub trait HoldStore: Send + Sync {
     /// The order's hold and screening result.
     async fn order_hold(&self, tenant: TenantId, order: OrderId) -> Result<OrderHoldState>;
+
+    /// The hold and screening result of each of `orders` (a page of a list) that has one,
+    /// read together; an order without either, another tenant's or an unknown one is left
+    /// out.
+    async fn order_hold_states(
+        &self,
+        tenant: TenantId,
+        orders: Vec<OrderId>,
+    ) -> Result<HashMap<OrderId, OrderHoldState>>;
 
     /// Holds a pending or confirmed order. An order already held keeps its hold (and
     /// [`HoldChange::Unchanged`] is returned). `IllegalTransition` for a canceled or

@@ -168,8 +168,8 @@ pub struct HoldRequest {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderList {
-    /// Newest first.
-    pub items: Vec<OrderResponse>,
+    /// Newest first, each with its hold and screening result where it has one.
+    pub items: Vec<OrderDetailResponse>,
     pub next_cursor: Option<String>,
 }
 
@@ -511,7 +511,7 @@ pub async fn events(
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
-        (status = 200, description = "One page of orders", body = OrderList),
+        (status = 200, description = "One page of orders, each with `hold` while it is held and `screening` once screened", body = OrderList),
         (status = 401, description = "Missing or invalid API key", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 422, description = "Bad `status`, `limit` or `cursor`", body = ProblemDetails, content_type = "application/problem+json"),
     )
@@ -539,8 +539,21 @@ pub async fn list(
     };
     errors.into_result()?;
     let page = state.store.list_orders(ctx.tenant_id, status, page).await?;
+    let ids = page.items.iter().map(|o| o.id).collect();
+    let mut holds = state
+        .store
+        .holds()
+        .order_hold_states(ctx.tenant_id, ids)
+        .await?;
     Ok(Json(OrderList {
-        items: page.items.into_iter().map(Into::into).collect(),
+        items: page
+            .items
+            .into_iter()
+            .map(|o| {
+                let hold = holds.remove(&o.id).unwrap_or_default();
+                OrderDetailResponse::new(o, hold)
+            })
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }

@@ -760,6 +760,32 @@ async fn an_operator_holds_and_releases_an_order_by_hand() {
     assert_eq!(held["hold"]["reason"], "customer asked us to wait");
     assert_eq!(held["hold"]["source"], "api");
     assert_eq!(app.get(&format!("/v1/orders/{id}")).await.json(), held);
+    // The list shows the hold on the held order only.
+    let other = app
+        .post(
+            "/v1/orders",
+            json!({"lines": [{"sku": "SKU-1", "quantity": 1}]}),
+        )
+        .await
+        .json();
+    let list = app.get("/v1/orders").await.json();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{list}");
+    for item in items {
+        if item["id"] == id.as_str() {
+            assert_eq!(item, &held);
+        } else {
+            assert_eq!(item["id"], other["id"]);
+            assert!(item.get("hold").is_none(), "{item}");
+        }
+    }
+    app.call(
+        Method::POST,
+        &format!("/v1/orders/{}/cancel", other["id"].as_str().unwrap()),
+    )
+    .send()
+    .await
+    .assert_status(StatusCode::OK);
     // The reservation stays.
     assert_eq!(app.level("SKU-1", "WH-A").await, (5, 1, 4));
 

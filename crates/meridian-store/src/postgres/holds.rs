@@ -2,6 +2,8 @@
 //! release locks the order's row `FOR UPDATE`; a label or shipped update reads it
 //! `FOR SHARE`, so the two never interleave.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use meridian_core::{EventId, OrderId, TenantId, Timestamp};
@@ -178,6 +180,32 @@ impl HoldStore for PgStore {
             .row_by_id("orders", COLUMNS, tenant, order.as_uuid(), "order")
             .await?;
         Ok(state_row(&row)?.1)
+    }
+
+    async fn order_hold_states(
+        &self,
+        tenant: TenantId,
+        orders: Vec<OrderId>,
+    ) -> Result<HashMap<OrderId, OrderHoldState>> {
+        let ids: Vec<uuid::Uuid> = orders.iter().map(|o| *o.as_uuid()).collect();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT id, {COLUMNS} FROM orders WHERE tenant_id = $1 AND id = ANY($2) \
+                 AND (held_at IS NOT NULL OR screened_at IS NOT NULL)"
+            ))
+            .await
+            .map_err(error::db)?;
+        let rows = client
+            .query(&stmt, &[tenant.as_uuid(), &ids])
+            .await
+            .map_err(error::db)?;
+        rows.iter()
+            .map(|row| {
+                let id: uuid::Uuid = rows::get(row, "id")?;
+                Ok((OrderId::from_uuid(id), state_row(row)?.1))
+            })
+            .collect()
     }
 
     async fn hold_order(

@@ -2,6 +2,8 @@
 //! writer thread in `BEGIN IMMEDIATE`, so a hold and a shipment's label or shipped update
 //! never interleave.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use meridian_core::{EventId, EventSource, OrderId, TenantId};
 use meridian_orders::OrderStatus;
@@ -187,6 +189,29 @@ fn screen(
 impl HoldStore for SqliteStore {
     async fn order_hold(&self, tenant: TenantId, order: OrderId) -> Result<OrderHoldState> {
         self.read(move |c| Ok(load(c, tenant, order)?.1)).await
+    }
+
+    async fn order_hold_states(
+        &self,
+        tenant: TenantId,
+        orders: Vec<OrderId>,
+    ) -> Result<HashMap<OrderId, OrderHoldState>> {
+        // One primary-key lookup per order, on one connection: in process, as cheap as one
+        // query with a list.
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(SELECT)?;
+            let mut states = HashMap::new();
+            for order in orders {
+                let row = stmt
+                    .query_row(params![tenant.to_string(), order.to_string()], state_row)
+                    .optional()?;
+                if let Some((_, state)) = row.filter(|(_, s)| !s.is_empty()) {
+                    states.insert(order, state);
+                }
+            }
+            Ok(states)
+        })
+        .await
     }
 
     async fn hold_order(

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use meridian_core::{EventId, TenantId};
+use meridian_core::{EventId, OrderId, TenantId};
 use meridian_fulfillment::{ShipmentStatus, plan_shipments};
 use meridian_orders::{Order, OrderAction, OrderStatus};
 use meridian_store::{
@@ -25,6 +25,7 @@ macro_rules! holds_suite {
             a_decision_for_another_tenant_s_order_changes_nothing,
             decisions_for_a_canceled_order_change_nothing,
             a_hold_blocks_the_label_the_shipment_and_the_fulfilment,
+            hold_states_are_read_for_a_page_of_orders,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -359,4 +360,33 @@ pub async fn a_hold_blocks_the_label_the_shipment_and_the_fulfilment(store: Arc<
         ScreeningOutcome::Ignored(OrderStatus::Fulfilled)
     );
     assert_eq!(h.order_hold(t, order.id).await.unwrap().hold, None);
+}
+
+pub async fn hold_states_are_read_for_a_page_of_orders(store: Arc<dyn Store>) {
+    let mine = split_order(&*store).await;
+    let theirs = split_order(&*store).await;
+    let (t, h) = (mine.tenant_id, store.holds());
+    let page = vec![mine.id, theirs.id, OrderId::new()];
+    assert!(
+        h.order_hold_states(t, page.clone())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let (_, held) = h
+        .hold_order(t, mine.id, "address check", API_SOURCE)
+        .await
+        .unwrap();
+    h.hold_order(theirs.tenant_id, theirs.id, "theirs", API_SOURCE)
+        .await
+        .unwrap();
+    // Only this tenant's held order: another tenant's hold and an unknown id are left out.
+    let states = h.order_hold_states(t, page.clone()).await.unwrap();
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert_eq!(states[&mine.id], held);
+    assert!(h.order_hold_states(t, Vec::new()).await.unwrap().is_empty());
+
+    h.release_order(t, mine.id, API_SOURCE).await.unwrap();
+    assert!(h.order_hold_states(t, page).await.unwrap().is_empty());
 }
