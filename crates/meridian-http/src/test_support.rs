@@ -50,6 +50,15 @@ impl TestCa {
     /// Serves HTTPS on a random loopback port, answering every request with `status` and
     /// sending what it received to the returned channel. Runs until the runtime stops.
     pub async fn serve(&self, status: u16) -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
+        self.serve_body(status, "").await
+    }
+
+    /// [`TestCa::serve`], answering with `answer` as its body.
+    pub async fn serve_body(
+        &self,
+        status: u16,
+        answer: &'static str,
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -85,7 +94,9 @@ impl TestCa {
                                     headers: parts.headers,
                                     body: body.unwrap_or_default(),
                                 });
-                                let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                                let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
+                                    answer.as_bytes(),
+                                )));
                                 *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                                 Ok::<_, Infallible>(resp)
                             }

@@ -1,5 +1,5 @@
 //! `warehouse-sync`: the reference Rust plugin (pool `dgm`). Every interval it reads a
-//! warehouse stock feed (a CSV file, or an `http://` URL answering with one) and publishes
+//! warehouse stock feed (a CSV file, or an `http://` or `https://` URL answering with one) and publishes
 //! `platform.data.stock.snapshot` for each row whose count changed since it was last
 //! published; the inventory service applies each snapshot as a stock take. See README.md.
 
@@ -24,6 +24,8 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 #[derive(Debug, PartialEq)]
 struct Settings {
     source: Source,
+    /// Extra CA certificates (PEM) for an `https://` feed under a private CA.
+    ca_file: Option<std::path::PathBuf>,
     tenant: TenantId,
     interval: Duration,
     http_timeout: Duration,
@@ -76,6 +78,7 @@ impl Settings {
             .map_err(|e| anyhow::anyhow!("tenant {tenant:?} is not a tenant id: {e}"))?;
         Ok(Settings {
             source,
+            ca_file: text("ca_file", "WAREHOUSE_SYNC_CA_FILE").map(Into::into),
             tenant,
             interval: secs("interval_secs", "WAREHOUSE_SYNC_INTERVAL_SECS", 60)?,
             http_timeout: secs("http_timeout_secs", "WAREHOUSE_SYNC_HTTP_TIMEOUT_SECS", 30)?,
@@ -133,9 +136,7 @@ async fn run() -> Result<()> {
         .context("cannot read the plugin's config")?;
     let settings = Settings::resolve(&config, &|k| std::env::var(k).ok())?;
     tracing::info!(feed = ?settings.source, tenant = %settings.tenant, interval_secs = settings.interval.as_secs(), "warehouse-sync starting");
-    let http = reqwest::Client::builder()
-        .build()
-        .context("cannot build the HTTP client")?;
+    let http = Source::http_client(settings.ca_file.as_deref())?;
     let mut published = Published::load(&sidecar)
         .await
         .context("cannot read what was published from the sidecar's state")?;
