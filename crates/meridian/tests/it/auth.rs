@@ -184,7 +184,9 @@ async fn the_cli_creates_users_and_rotates_keys() {
     assert_eq!(s, 200);
 
     let jwks = |base: String| async move {
-        reqwest::get(format!("{base}/.well-known/jwks.json"))
+        crate::support::http()
+            .get(format!("{base}/.well-known/jwks.json"))
+            .send()
             .await
             .unwrap()
             .json::<Value>()

@@ -95,7 +95,9 @@ async fn order_timeline_on_sqlite_with_the_embedded_bus() {
     timeline_end_to_end(&db, &server, "embedded").await;
 
     // The bus and relay metrics are there, labelled by topic or pattern, never by tenant.
-    let text = reqwest::get(format!("{}/metrics", server.base))
+    let text = crate::support::http()
+        .get(format!("{}/metrics", server.base))
+        .send()
         .await
         .unwrap()
         .text()

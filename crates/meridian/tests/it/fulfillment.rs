@@ -332,7 +332,11 @@ async fn http_carrier_labels_and_signed_tracking_webhooks() {
         .await;
     let url = link["url"].as_str().unwrap();
     assert!(url.starts_with(&format!("/v1/labels/{id}?")), "{link}");
-    let r = reqwest::get(format!("{}{url}", server.base)).await.unwrap();
+    let r = crate::support::http()
+        .get(format!("{}{url}", server.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(
         r.bytes()
@@ -341,7 +345,9 @@ async fn http_carrier_labels_and_signed_tracking_webhooks() {
             .starts_with(b"%PDF-1.4\n% carrier label")
     );
     let tampered = url.replace("expires=", "expires=9");
-    let r = reqwest::get(format!("{}{tampered}", server.base))
+    let r = crate::support::http()
+        .get(format!("{}{tampered}", server.base))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);

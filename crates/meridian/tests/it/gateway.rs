@@ -59,7 +59,9 @@ async fn get(base: &str, key: &str, path: &str) -> (u16, reqwest::header::Header
 }
 
 async fn readyz(base: &str) -> (u16, Value) {
-    let resp = reqwest::get(format!("{base}/readyz"))
+    let resp = crate::support::http()
+        .get(format!("{base}/readyz"))
+        .send()
         .await
         .expect("readyz");
     (
@@ -222,7 +224,9 @@ async fn a_redis_outage_falls_back_to_a_conservative_local_limit() {
         ready["rate_limit"],
         json!({"policy": "redis", "degraded": true})
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
+    let metrics = crate::support::http()
+        .get(format!("{}/metrics", server.base))
+        .send()
         .await
         .unwrap()
         .text()

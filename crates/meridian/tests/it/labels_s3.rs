@@ -60,7 +60,9 @@ async fn labels_live_in_an_s3_bucket_and_survive_its_outage() {
     s3.create_bucket(BUCKET);
     let db = Db::sqlite();
     let server = Server::start_with(&db, &s3_env(&s3, BUCKET, SECRET_ACCESS_KEY)).await;
-    let ready: Value = reqwest::get(format!("{}/readyz", server.base))
+    let ready: Value = crate::support::http()
+        .get(format!("{}/readyz", server.base))
+        .send()
         .await
         .unwrap()
         .json()
@@ -114,7 +116,9 @@ async fn labels_live_in_an_s3_bucket_and_survive_its_outage() {
             None,
         )
         .await;
-    let r = reqwest::get(format!("{}{}", server.base, link["url"].as_str().unwrap()))
+    let r = crate::support::http()
+        .get(format!("{}{}", server.base, link["url"].as_str().unwrap()))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -123,7 +127,9 @@ async fn labels_live_in_an_s3_bucket_and_survive_its_outage() {
     // The S3 server goes away: readiness says so, and a new label fails its three
     // attempts and becomes a dead letter naming the bucket.
     s3.stop().await;
-    let ready: Value = reqwest::get(format!("{}/readyz", server.base))
+    let ready: Value = crate::support::http()
+        .get(format!("{}/readyz", server.base))
+        .send()
         .await
         .unwrap()
         .json()
