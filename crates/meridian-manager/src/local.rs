@@ -57,7 +57,7 @@ impl Runtime for LocalRuntime {
             reason,
         };
         let mut sidecar = Command::new(&self.meridian_exe)
-            .args(["sidecar", "--plugin", &spec.name])
+            .args(["sidecar", "--plugin", &spec.name, "--exit-with-parent"])
             .env("MERIDIAN_SIDECAR_TOKEN", &spec.token)
             .env("MERIDIAN_SIDECAR_BIND", "127.0.0.1:0")
             .env_remove("MERIDIAN_SIDECAR_MANIFEST")

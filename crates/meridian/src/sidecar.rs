@@ -47,6 +47,32 @@ pub struct SidecarArgs {
     /// Seconds a delivery may stay unacknowledged before the bus redelivers it.
     #[arg(long, env = "MERIDIAN_SIDECAR_ACK_WAIT_SECS", default_value_t = 30)]
     ack_wait_secs: u64,
+    /// Stop when the process that started the sidecar exits (the plugin manager passes
+    /// it): a server killed without a chance to stop its pairs leaves no sidecar consuming
+    /// beside the ones its next start brings up.
+    #[arg(long, env = "MERIDIAN_SIDECAR_EXIT_WITH_PARENT")]
+    exit_with_parent: bool,
+}
+
+/// Resolves once the process that started this one has exited (this process was handed
+/// to another parent), checked twice a second; never on other systems.
+async fn parent_exited() {
+    #[cfg(unix)]
+    {
+        let parent = std::os::unix::process::parent_id();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if std::os::unix::process::parent_id() != parent {
+                tracing::warn!(
+                    parent,
+                    "the process that started the sidecar exited; stopping"
+                );
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
 }
 
 pub async fn run(config: &Config, args: SidecarArgs) -> Result<()> {
@@ -120,8 +146,19 @@ pub async fn run(config: &Config, args: SidecarArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     println!("{}", serde_json::json!({ "listening": addr.to_string() }));
     tracing::info!(%addr, "sidecar is serving");
+    let exit_with_parent = args.exit_with_parent;
+    let stop = async move {
+        if exit_with_parent {
+            tokio::select! {
+                () = crate::server::shutdown_signal() => {}
+                () = parent_exited() => {}
+            }
+        } else {
+            crate::server::shutdown_signal().await;
+        }
+    };
     axum::serve(listener, meridian_sidecar::router(sidecar.clone()))
-        .with_graceful_shutdown(crate::server::shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .context("the sidecar's HTTP server failed")?;
     sidecar.shutdown();

@@ -243,7 +243,8 @@ async fn publish(sidecar: &str, token: &str, topic: &str) -> reqwest::StatusCode
 }
 
 /// Denying an approved grant of a running plugin restarts its pair, and the new sidecar
-/// refuses what the grant allowed; approving it again restores it.
+/// refuses what the grant allowed; approving it again restores it. A sidecar stops when
+/// its server is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_decision_restarts_the_running_pair() {
     let db = Db::sqlite();
@@ -299,6 +300,25 @@ async fn a_changed_decision_restarts_the_running_pair() {
             expected,
             "after {decision}"
         );
+    }
+
+    // The server killed outright cannot stop its pairs: the sidecar notices its parent is
+    // gone and stops by itself, so it does not keep consuming beside the next start's.
+    drop(server);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let http = crate::support::http();
+    while http
+        .get(format!("{}/healthz", current[0]))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sidecar outlived its server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
