@@ -2,6 +2,10 @@
 //! (`meridian sidecar --plugin {name}`), inheriting the manager's environment so it opens
 //! the same store and bus; the plugin is the manifest's command, given the sidecar's address
 //! and the per-instance token through its environment.
+//!
+//! The sidecar leads a process group of its own and the plugin joins it, so stopping a pair
+//! kills the group (whatever the plugin started as well), and a sidecar orphaned by a
+//! server killed outright (`--exit-with-parent`) takes the plugin down with it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +44,30 @@ struct LocalInstance {
     sidecar: Child,
     plugin: Child,
     addr: SocketAddr,
+    /// Killed when the instance is stopped or dropped.
+    group: Group,
+}
+
+/// A pair's process group (the sidecar's pid), until it is killed.
+struct Group(Option<u32>);
+
+impl Group {
+    /// Kills every process of the group, once, through the shell's `kill` (no unsafe
+    /// code). Once killed the id is forgotten, so a reused pid is never signalled.
+    fn kill(&mut self) {
+        if let Some(id) = self.0.take() {
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -KILL -{id} 2>/dev/null")])
+                .stdin(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn describe(s: std::io::Result<ExitStatus>) -> String {
@@ -65,9 +93,14 @@ impl Runtime for LocalRuntime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| sidecar_err(e.to_string()))?;
+        let pid = sidecar
+            .id()
+            .ok_or_else(|| sidecar_err("it exited at once".into()))?;
+        let group = Group(Some(pid));
         let stdout = sidecar.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let line = match tokio::time::timeout(self.sidecar_timeout, lines.next_line()).await {
@@ -102,6 +135,7 @@ impl Runtime for LocalRuntime {
             .env("MERIDIAN_SIDECAR_URL", format!("http://{addr}"))
             .env("MERIDIAN_SIDECAR_TOKEN", &spec.token)
             .stdin(Stdio::null())
+            .process_group(i32::try_from(pid).unwrap_or(0))
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| RuntimeError::Plugin {
@@ -112,6 +146,7 @@ impl Runtime for LocalRuntime {
             sidecar,
             plugin,
             addr,
+            group,
         }))
     }
 }
@@ -130,6 +165,7 @@ impl Instance for LocalInstance {
     }
 
     async fn stop(&mut self) {
+        self.group.kill();
         let _ = self.plugin.kill().await;
         let _ = self.sidecar.kill().await;
     }

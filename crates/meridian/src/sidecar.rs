@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -49,7 +51,8 @@ pub struct SidecarArgs {
     ack_wait_secs: u64,
     /// Stop when the process that started the sidecar exits (the plugin manager passes
     /// it): a server killed without a chance to stop its pairs leaves no sidecar consuming
-    /// beside the ones its next start brings up.
+    /// beside the ones its next start brings up. A sidecar that leads its process group
+    /// (the manager starts the plugin in it) then kills the group, plugin included.
     #[arg(long, env = "MERIDIAN_SIDECAR_EXIT_WITH_PARENT")]
     exit_with_parent: bool,
 }
@@ -147,14 +150,18 @@ pub async fn run(config: &Config, args: SidecarArgs) -> Result<()> {
     println!("{}", serde_json::json!({ "listening": addr.to_string() }));
     tracing::info!(%addr, "sidecar is serving");
     let exit_with_parent = args.exit_with_parent;
-    let stop = async move {
-        if exit_with_parent {
-            tokio::select! {
-                () = crate::server::shutdown_signal() => {}
-                () = parent_exited() => {}
+    let orphaned = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let orphaned = orphaned.clone();
+        async move {
+            if exit_with_parent {
+                tokio::select! {
+                    () = crate::server::shutdown_signal() => {}
+                    () = parent_exited() => orphaned.store(true, Ordering::SeqCst),
+                }
+            } else {
+                crate::server::shutdown_signal().await;
             }
-        } else {
-            crate::server::shutdown_signal().await;
         }
     };
     axum::serve(listener, meridian_sidecar::router(sidecar.clone()))
@@ -162,5 +169,32 @@ pub async fn run(config: &Config, args: SidecarArgs) -> Result<()> {
         .await
         .context("the sidecar's HTTP server failed")?;
     sidecar.shutdown();
+    if orphaned.load(Ordering::SeqCst) {
+        kill_own_group();
+    }
     Ok(())
+}
+
+/// Kills this process's group (this process last) if it leads it: the plugin the manager
+/// started in it goes down with its orphaned sidecar.
+fn kill_own_group() {
+    let pid = std::process::id();
+    // /proc/self/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so read
+    // after its closing parenthesis.
+    let pgrp = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+        });
+    if pgrp != Some(pid) {
+        return;
+    }
+    tracing::warn!(
+        pgrp = pid,
+        "stopping the plugin started beside this sidecar"
+    );
+    let _ = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -KILL -{pid}")])
+        .status();
 }

@@ -255,7 +255,7 @@ async fn a_changed_decision_restarts_the_running_pair() {
         format!(
             "name = \"flagger\"\nversion = \"1.0.0\"\npool = \"dgm\"\n\n[run]\ncommand = [\"sh\", \"-c\", {:?}]\n\n[grants]\npublish = [\"platform.oms.order.flagged\"]\n",
             format!(
-                "printf '%s\\n%s\\n' \"$MERIDIAN_SIDECAR_URL\" \"$MERIDIAN_SIDECAR_TOKEN\" > {}.tmp && mv {0}.tmp {0}; exec sleep 3600",
+                "printf '%s\\n%s\\n%s\\n' \"$MERIDIAN_SIDECAR_URL\" \"$MERIDIAN_SIDECAR_TOKEN\" $$ > {}.tmp && mv {0}.tmp {0}; exec sleep 3600",
                 env.display()
             )
         ),
@@ -279,7 +279,7 @@ async fn a_changed_decision_restarts_the_running_pair() {
     let topic = "platform.oms.order.flagged";
 
     until_status(&api, "flagger", "running").await;
-    let first = until_lines(&env, 2).await;
+    let first = until_lines(&env, 3).await;
     assert_eq!(
         publish(&first[0], &first[1], topic).await,
         reqwest::StatusCode::ACCEPTED
@@ -303,7 +303,9 @@ async fn a_changed_decision_restarts_the_running_pair() {
     }
 
     // The server killed outright cannot stop its pairs: the sidecar notices its parent is
-    // gone and stops by itself, so it does not keep consuming beside the next start's.
+    // gone and stops by itself, taking the plugin with it, so nothing keeps consuming beside
+    // the next start's pair.
+    let plugin_pid = current[2].clone();
     drop(server);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let http = crate::support::http();
@@ -320,6 +322,22 @@ async fn a_changed_decision_restarts_the_running_pair() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    while running(&plugin_pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plugin (pid {plugin_pid}) outlived its server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether process `pid` runs (exists and is not a zombie waiting to be reaped).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
 
 /// Waits until the plugin has written a new sidecar address and token (a new start).
@@ -327,7 +345,7 @@ async fn until_changed(path: &Path, before: &[String]) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let now = lines(path);
-        if now.len() >= 2 && now[1] != before[1] {
+        if now.len() >= 3 && now[1] != before[1] {
             return now;
         }
         assert!(
