@@ -12,8 +12,10 @@ use tokio::sync::watch;
 pub struct RelayConfig {
     /// Rows read and published per round.
     pub batch: u32,
-    /// How often an idle relay looks for new rows: the longest an event waits for the
-    /// relay after its commit when nothing else is happening.
+    /// How often an idle relay looks for new rows. A store whose relay lock signals
+    /// committed outbox rows ([`RelayLock::outbox_signal`]: both built-in stores) wakes it
+    /// at once, so this is only the fallback: the longest an event waits for the relay
+    /// when a wake-up is missed (rows written by another process on SQLite, say).
     pub poll_interval: Duration,
     /// Backoff while the bus (or the store) is unavailable.
     pub backoff: RetryPolicy,
@@ -141,9 +143,10 @@ impl Relay {
     /// every `standby_interval`, so that when the active relay stops or dies another takes
     /// over within about that long. Holding the lock, it runs rounds: a full batch is
     /// followed at once by the next round; an empty or short one by a pause of
-    /// `poll_interval`; a failure by a backoff that grows while failures continue. Every
-    /// `lock_check_interval` it checks that it still holds the lock, and goes back to
-    /// standing by if not. Never gives up on its own.
+    /// `poll_interval`, cut short when the store signals committed outbox rows; a failure
+    /// by a backoff that grows while failures continue. Every `lock_check_interval` it
+    /// checks that it still holds the lock, and goes back to standing by if not. Never
+    /// gives up on its own.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(
             bus = self.bus.name(),
@@ -170,6 +173,8 @@ impl Relay {
                     active.set(0.0);
                 }
             }
+            // Whether the pause is the idle poll, which committed outbox rows cut short.
+            let mut idle = false;
             let pause = if lock.is_none() {
                 match self.store.try_lock_relay().await {
                     Ok(Some(taken)) => {
@@ -210,6 +215,7 @@ impl Relay {
                         if n >= self.config.batch as usize {
                             continue;
                         }
+                        idle = true;
                         self.config.poll_interval
                     }
                     Err(e) => {
@@ -227,6 +233,16 @@ impl Relay {
             if pause.is_zero() {
                 continue;
             }
+            let signal = lock
+                .as_ref()
+                .filter(|_| idle)
+                .and_then(|held| held.outbox_signal());
+            let woken = async {
+                match &signal {
+                    Some(signal) => signal.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -234,6 +250,7 @@ impl Relay {
                         break;
                     }
                 }
+                () = woken => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }

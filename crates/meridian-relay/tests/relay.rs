@@ -333,6 +333,44 @@ fn quick() -> RelayConfig {
     }
 }
 
+/// An idle relay publishes a committed row when the store signals it, not at its next
+/// poll: with an hour between polls, each order still reaches the bus at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_is_woken_by_committed_rows_not_its_poll() {
+    let f = fixture().await;
+    let bus = Arc::new(MemoryBus::new());
+    let mut orders = bus
+        .subscribe(
+            &TopicPattern::parse("deployment.relaytest.platform.oms.order.created").unwrap(),
+            SubscribeOptions::ephemeral("watch"),
+        )
+        .await
+        .unwrap();
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..RelayConfig::default()
+    };
+    let (stop, shutdown) = watch::channel(false);
+    let relay = tokio::spawn(Relay::new(f.store.clone(), bus.clone(), config).run(shutdown));
+    drained(f.store.as_ref()).await;
+    for round in 0..5 {
+        // Idle before each order: the relay is waiting, not mid-round.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let order = place(&f).await;
+        let d = tokio::time::timeout(Duration::from_secs(10), orders.next())
+            .await
+            .unwrap_or_else(|_| panic!("order {round} was not published within 10 s"))
+            .unwrap();
+        assert_eq!(d.message.key(), order.id.to_string());
+        d.ack().await.unwrap();
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), relay)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_relay_publishes_and_a_standby_takes_over_when_it_stops() {
     let f = fixture().await;

@@ -279,6 +279,16 @@ pub trait RelayLock: Send + Sync + std::fmt::Debug {
     /// is lost with its connection, and a relay that lost it must stop publishing and try
     /// to take it again.
     async fn is_held(&self) -> bool;
+
+    /// Woken (`notify_one`) after outbox rows commit, so that an idle relay publishes them
+    /// at once instead of at its next poll. A wake-up may be spurious, and one commit may
+    /// wake it once for many rows; rows committed while nobody waits leave one permit, so
+    /// none is missed between rounds. SQLite: by this process's writer thread (the only
+    /// writer of the database). PostgreSQL: by `LISTEN`/`NOTIFY` on the lock's session, so
+    /// commits by every process on the database wake it. `None`: the relay only polls.
+    fn outbox_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// The store contract. Every method that takes a [`TenantId`] sees only that tenant's rows:

@@ -35,6 +35,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/postgres/0010_stock_snapshots.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_outbox_notify.sql"),
+    ),
 ];
 
 /// Creates `schema` if given and applies every pending migration to it.

@@ -2,12 +2,15 @@
 //! order-events projection on PostgreSQL. Each write is one pooled transaction.
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use meridian_core::{Envelope, OrderId, TenantId, Timestamp, Topic};
+use tokio::sync::Notify;
 use tokio_postgres::types::Json;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 use uuid::Uuid;
 
 use super::{PgStore, error, rows};
@@ -182,7 +185,8 @@ pub(super) async fn unsent_count(store: &PgStore) -> Result<u64> {
 /// The advisory lock of the active relay, keyed by the schema so that relays of different
 /// databases or schemas on one server do not exclude each other.
 const TRY_RELAY_LOCK: &str = "SELECT pg_try_advisory_lock(\
-    hashtextextended('meridian.outbox_relay.' || current_schema(), 0)) AS locked";
+    hashtextextended('meridian.outbox_relay.' || current_schema(), 0)) AS locked, \
+    current_schema() AS schema";
 
 /// How long [`PgRelayLock::is_held`] waits for its connection to answer.
 const LOCK_PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -203,15 +207,7 @@ pub(super) async fn try_lock_relay(
     let mut standby = standby.lock().await;
     let session = match standby.take() {
         Some(s) if !s.client.is_closed() => s,
-        _ => {
-            let (client, connection) = config.connect(NoTls).await.map_err(error::db)?;
-            let task = tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "the relay lock's connection ended");
-                }
-            });
-            PgRelayLock { client, task }
-        }
+        _ => PgRelayLock::connect(config).await?,
     };
     let row = session
         .client
@@ -223,13 +219,66 @@ pub(super) async fn try_lock_relay(
         *standby = Some(session);
         return Ok(None);
     }
+    // The active relay's session listens for committed outbox rows (migration 0011); the
+    // schema is set before `LISTEN`, so no notification is judged without it.
+    let _ = session.schema.set(rows::get(&row, "schema")?);
+    session
+        .client
+        .batch_execute(&format!("LISTEN {OUTBOX_CHANNEL}"))
+        .await
+        .map_err(error::db)?;
     Ok(Some(Box::new(session)))
 }
+
+/// The channel of migration 0011's trigger; its payload is the outbox table's schema.
+const OUTBOX_CHANNEL: &str = "meridian_outbox";
 
 #[derive(Debug)]
 pub(super) struct PgRelayLock {
     client: Client,
     task: tokio::task::JoinHandle<()>,
+    /// The session's `current_schema()`, once it holds the lock.
+    schema: Arc<OnceLock<String>>,
+    /// Woken by the connection's task for each notification of this schema.
+    signal: Arc<Notify>,
+}
+
+impl PgRelayLock {
+    /// Opens the session. Its task drives the connection and turns the notifications of
+    /// [`OUTBOX_CHANNEL`] for this session's schema into wake-ups.
+    async fn connect(config: &tokio_postgres::Config) -> Result<Self> {
+        let (client, mut connection) = config.connect(NoTls).await.map_err(error::db)?;
+        let schema = Arc::new(OnceLock::<String>::new());
+        let signal = Arc::new(Notify::new());
+        let task = tokio::spawn({
+            let schema = Arc::clone(&schema);
+            let signal = Arc::clone(&signal);
+            async move {
+                let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(AsyncMessage::Notification(n))
+                            if n.channel() == OUTBOX_CHANNEL
+                                && schema.get().is_some_and(|s| s == n.payload()) =>
+                        {
+                            signal.notify_one();
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the relay lock's connection ended");
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            client,
+            task,
+            schema,
+            signal,
+        })
+    }
 }
 
 impl Drop for PgRelayLock {
@@ -249,6 +298,10 @@ impl RelayLock for PgRelayLock {
             tokio::time::timeout(LOCK_PING_TIMEOUT, self.client.simple_query("SELECT 1")).await,
             Ok(Ok(_))
         )
+    }
+
+    fn outbox_signal(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.signal))
     }
 }
 

@@ -45,6 +45,7 @@ use meridian_core::{
 use meridian_inventory::{LedgerEntry, Mismatch, NewWarehouse, StockLevel, Warehouse};
 use meridian_orders::{Order, OrderAction, OrderStatus, PlaceOrder};
 use rusqlite::Connection;
+use tokio::sync::Notify;
 
 pub use conn::SCHEMA_VERSION;
 
@@ -64,10 +65,12 @@ use crate::{
 #[derive(Debug)]
 struct FileRelayLock {
     _file: std::fs::File,
+    /// The store's: woken by its writer thread.
+    outbox_signal: Arc<Notify>,
 }
 
 impl FileRelayLock {
-    fn try_acquire(path: PathBuf) -> Result<Option<Self>> {
+    fn try_acquire(path: PathBuf, outbox_signal: Arc<Notify>) -> Result<Option<Self>> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -80,7 +83,10 @@ impl FileRelayLock {
                 ))
             })?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Self { _file: file })),
+            Ok(()) => Ok(Some(Self {
+                _file: file,
+                outbox_signal,
+            })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
                 "cannot lock the relay lock file {}: {e}",
@@ -94,6 +100,10 @@ impl FileRelayLock {
 impl RelayLock for FileRelayLock {
     async fn is_held(&self) -> bool {
         true
+    }
+
+    fn outbox_signal(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.outbox_signal))
     }
 }
 
@@ -125,6 +135,8 @@ pub struct SqliteStore {
     events: EventSource,
     /// `<database>.relay.lock`: whoever holds an exclusive lock on it is the active relay.
     relay_lock_path: PathBuf,
+    /// Woken by the writer thread after it commits outbox rows ([`RelayLock::outbox_signal`]).
+    outbox_signal: Arc<Notify>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -165,9 +177,16 @@ impl SqliteStore {
         tracing::info!(path = %path.display(), readers, "opened sqlite store");
         let mut relay_lock_path = path.clone().into_os_string();
         relay_lock_path.push(".relay.lock");
+        let outbox_signal = Arc::new(Notify::new());
         Ok(Self {
             relay_lock_path: relay_lock_path.into(),
-            writer: Writer::start(write_conn, ckpt_conn, events.clone())?,
+            writer: Writer::start(
+                write_conn,
+                ckpt_conn,
+                events.clone(),
+                Arc::clone(&outbox_signal),
+            )?,
+            outbox_signal,
             readers: Arc::new(Readers::new(path, read_conns)),
             events,
         })
@@ -541,7 +560,8 @@ impl Store for SqliteStore {
 
     async fn try_lock_relay(&self) -> Result<Option<Box<dyn RelayLock>>> {
         let path = self.relay_lock_path.clone();
-        let lock = tokio::task::spawn_blocking(move || FileRelayLock::try_acquire(path))
+        let signal = Arc::clone(&self.outbox_signal);
+        let lock = tokio::task::spawn_blocking(move || FileRelayLock::try_acquire(path, signal))
             .await
             .map_err(|_| lost("relay lock"))??;
         Ok(lock.map(|l| Box::new(l) as Box<dyn RelayLock>))

@@ -335,7 +335,20 @@ pub(super) fn insert_ledger(conn: &Connection, e: &LedgerEntry) -> Result<(), St
     Ok(())
 }
 
+thread_local! {
+    /// Set when this thread inserted an outbox row since the writer last looked (see
+    /// [`take_outbox_written`]); only the writer thread inserts them.
+    static OUTBOX_WRITTEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread inserted an outbox row since the last call, and forgets it. The
+/// writer asks after each job's transaction has ended, to wake the relay.
+pub(super) fn take_outbox_written() -> bool {
+    OUTBOX_WRITTEN.replace(false)
+}
+
 pub(super) fn insert_outbox(conn: &Connection, event: &OutboxEvent) -> Result<(), StoreError> {
+    OUTBOX_WRITTEN.set(true);
     let envelope = to_json("event envelope", &event.envelope)?;
     conn.prepare_cached(
         "INSERT INTO outbox (id, tenant_id, topic, aggregate_id, envelope, created_at) \

@@ -18,19 +18,22 @@
 
 use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use meridian_core::{EventSource, Sku, TenantId};
 use meridian_orders::{
     IdempotencyRecord, Order, PlaceOrder, PlaceOutcome, ProductRef, Snapshot, plan_batch,
 };
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::checkpoint::{self, WalKeeper, WalLimits};
 use super::conn::WriteTx;
 use super::error::lost;
 use super::queries;
-use super::rows::{apply_stock_delta, insert_ledger, insert_order, insert_outbox, parsed, ts};
+use super::rows::{
+    apply_stock_delta, insert_ledger, insert_order, insert_outbox, parsed, take_outbox_written, ts,
+};
 use crate::StoreError;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -67,16 +70,18 @@ impl Writer {
     /// and the queued jobs are done.
     /// `ckpt_conn` is for the checkpointer thread that runs beside the writer (see
     /// [`checkpoint`](super::checkpoint)).
+    /// `outbox_signal` is woken after every job whose transaction inserted outbox rows.
     pub(super) fn start(
         mut conn: Connection,
         ckpt_conn: Connection,
         events: EventSource,
+        outbox_signal: Arc<Notify>,
     ) -> Result<Self> {
         let wal = checkpoint::start(&mut conn, ckpt_conn, WalLimits::default())?;
         let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("meridian-sqlite-writer".into())
-            .spawn(move || run(conn, rx, &events, &wal))
+            .spawn(move || run(conn, rx, &events, &wal, &outbox_signal))
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot start the sqlite writer thread");
                 StoreError::Unavailable("cannot start the sqlite writer thread".into())
@@ -119,11 +124,27 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, events: &EventSource, wal: &WalKeeper) {
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    events: &EventSource,
+    wal: &WalKeeper,
+    outbox_signal: &Notify,
+) {
     tracing::debug!("sqlite writer started");
+    // After a job's transaction ended: committed outbox rows wake the relay (a rolled-back
+    // insert wakes it for nothing, which is harmless).
+    let wake_relay = || {
+        if take_outbox_written() {
+            outbox_signal.notify_one();
+        }
+    };
     while let Some(job) = rx.blocking_recv() {
         match job {
-            Job::Write(f) => run_write(&mut conn, f),
+            Job::Write(f) => {
+                run_write(&mut conn, f);
+                wake_relay();
+            }
             Job::Place(first) => {
                 let mut batch = vec![*first];
                 let mut deferred = Vec::new();
@@ -135,8 +156,10 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, events: &EventSource, 
                     }
                 }
                 place_batch(&mut conn, events, batch);
+                wake_relay();
                 for f in deferred {
                     run_write(&mut conn, f);
+                    wake_relay();
                 }
             }
         }

@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
             order_events_batch_with_a_bad_event_writes_nothing,
             outbox_unsent_count_follows_marking,
             one_relay_lock_at_a_time,
+            the_relay_lock_signals_committed_outbox_rows,
             dead_letters_are_recorded_once_listed_and_marked_replayed,
             users_are_tenant_scoped_and_disabling_revokes,
             api_keys_have_roles_scopes_expiry_and_rotation,
@@ -2037,6 +2038,28 @@ pub async fn one_relay_lock_at_a_time(store: Arc<dyn Store>) {
     };
     assert!(second.is_held().await);
     assert!(s.try_lock_relay().await.unwrap().is_none());
+}
+
+/// The active relay's lock is woken once outbox rows commit, by whatever connection
+/// wrote them.
+pub async fn the_relay_lock_signals_committed_outbox_rows(store: Arc<dyn Store>) {
+    let s = &*store;
+    let lock = s.try_lock_relay().await.unwrap().expect("a free lock");
+    let signal = lock.outbox_signal().expect("the built-in stores signal");
+    let t = tenant(s, "acme").await;
+    for n in 0..3 {
+        // Forget the wake-ups so far; each write below must make its own.
+        while tokio::time::timeout(std::time::Duration::from_millis(200), signal.notified())
+            .await
+            .is_ok()
+        {}
+        s.create_product(t, new_product(&format!("SKU-{n}"), 100, "USD"))
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), signal.notified())
+            .await
+            .unwrap_or_else(|_| panic!("write {n}: no wake-up within 10 s of the commit"));
+    }
 }
 
 // --- dead letters ---

@@ -211,7 +211,7 @@ async fn concurrent_opens_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        [1, 2, 4, 5, 6, 7, 8, 10],
+        [1, 2, 4, 5, 6, 7, 8, 10, 11],
         "each migration applied exactly once"
     );
 
