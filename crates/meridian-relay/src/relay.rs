@@ -10,7 +10,10 @@ use tokio::sync::watch;
 /// How the relay paces itself.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// Rows read and published per round.
+    /// Rows read and published per round. Each round costs a read, one bus publish (on
+    /// the embedded bus, one append transaction) and one mark-sent write whatever its
+    /// size, so under load a large batch is what keeps the relay ahead of the writers: on
+    /// SQLite at ~3,000 orders/s 256 let the backlog grow, 1,024 keeps it near zero.
     pub batch: u32,
     /// How often an idle relay looks for new rows. A store whose relay lock signals
     /// committed outbox rows ([`RelayLock::outbox_signal`]: both built-in stores) wakes it
@@ -30,7 +33,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            batch: 256,
+            batch: 1024,
             poll_interval: Duration::from_millis(50),
             backoff: RetryPolicy {
                 max_attempts: u32::MAX,
