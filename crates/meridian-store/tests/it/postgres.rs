@@ -522,3 +522,46 @@ async fn the_relay_lock_passes_on_when_its_connection_dies() {
         "the first relay knows it lost the lock"
     );
 }
+
+/// The relay's wake-ups come from its own schema's commits, whichever process made them,
+/// and not from another schema's on the same database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_is_woken_by_its_schema_s_commits_only() {
+    let schema = Schema::new();
+    let relay_side = schema.open().await;
+    let writer_side = schema.open().await;
+    let elsewhere = Schema::new();
+    let other = elsewhere.open().await;
+    let lock = relay_side
+        .try_lock_relay()
+        .await
+        .unwrap()
+        .expect("a free lock");
+    let signal = lock.outbox_signal().expect("PostgreSQL signals");
+
+    // Another schema's outbox row (`warehouse.created`): no wake-up.
+    add_warehouse(&other, "elsewhere").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), signal.notified())
+            .await
+            .is_err(),
+        "woken by another schema's commit"
+    );
+
+    // This schema's, written through another store (as by another process): woken.
+    add_warehouse(&writer_side, "here").await;
+    tokio::time::timeout(Duration::from_secs(10), signal.notified())
+        .await
+        .expect("no wake-up within 10 s of this schema's commit");
+}
+
+/// A new tenant with one warehouse: one `warehouse.created` outbox row.
+async fn add_warehouse(store: &PgStore, tenant: &str) {
+    let t = store.create_tenant(tenant).await.unwrap().id;
+    let warehouse = meridian_inventory::NewWarehouse {
+        code: "W1".parse().unwrap(),
+        name: "W1".into(),
+        priority: 1,
+    };
+    store.create_warehouse(t, warehouse).await.unwrap();
+}
