@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use meridian_bus::{BatchHandler, Handler, HandlerError, Message};
-use meridian_core::{Envelope, OrderId, TenantId};
+use meridian_core::{Envelope, OrderId, ShipmentId, TenantId};
 use meridian_fulfillment::{Shipment, ShipmentStatus, all_shipped, plan_shipments};
 use meridian_orders::{Order, OrderAction, OrderStatus};
 use meridian_store::{PageRequest, Store, StoreError};
@@ -320,12 +320,12 @@ impl LabelMaker {
     }
 }
 
-#[async_trait]
-impl Handler for LabelMaker {
-    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+impl LabelMaker {
+    /// The shipment a `shipment.created` event asks a label for; `None` for other events.
+    fn wanted(message: &Message) -> Result<Option<(TenantId, ShipmentId)>, HandlerError> {
         let e = envelope(message);
         if e.ty != "meridian.fulfillment.shipment.created" {
-            return Ok(());
+            return Ok(None);
         }
         let shipment: Shipment = data(e, "a shipment")?;
         if shipment.tenant_id != e.tenant {
@@ -334,7 +334,54 @@ impl Handler for LabelMaker {
                 e.id, e.tenant, shipment.tenant_id
             )));
         }
-        self.make_label(shipment.tenant_id, shipment.id).await
+        Ok(Some((shipment.tenant_id, shipment.id)))
+    }
+}
+
+#[async_trait]
+impl Handler for LabelMaker {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        match Self::wanted(message)? {
+            Some((tenant, id)) => self.make_label(tenant, id).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// [`LabelMaker`] for a batch of deliveries: their labels are made concurrently (each
+/// shipment's label is independent of the others', so the carrier calls, object writes
+/// and store updates overlap instead of queueing one behind the other). A shipment named
+/// twice in one batch (a redelivery) is made once and both deliveries get its result, so
+/// two carrier calls never race to write one label.
+pub struct LabelBatches(pub Arc<LabelMaker>);
+
+#[async_trait]
+impl BatchHandler for LabelBatches {
+    async fn handle_batch(&self, messages: &[&Message]) -> Vec<Result<(), HandlerError>> {
+        let mut results: Vec<Result<(), HandlerError>> = vec![Ok(()); messages.len()];
+        let mut wanted: Vec<((TenantId, ShipmentId), Vec<usize>)> = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            match LabelMaker::wanted(message) {
+                Ok(Some(shipment)) => match wanted.iter_mut().find(|(s, _)| *s == shipment) {
+                    Some((_, at)) => at.push(i),
+                    None => wanted.push((shipment, vec![i])),
+                },
+                Ok(None) => {}
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        let made = futures::future::join_all(
+            wanted
+                .iter()
+                .map(|((tenant, id), _)| self.0.make_label(*tenant, *id)),
+        )
+        .await;
+        for ((_, at), result) in wanted.iter().zip(made) {
+            for &i in at {
+                results[i] = result.clone();
+            }
+        }
+        results
     }
 }
 

@@ -13,7 +13,8 @@
 //! - [`LabelMaker`] (`fulfillment-labels`, on `platform.fulfillment.shipment.created`): the
 //!   label step, apart from creation. The carrier is called and the PDF stored through the
 //!   [`LabelStore`] with no database transaction open; then the shipment records its
-//!   tracking number and label (pending → label_created).
+//!   tracking number and label (pending → label_created). Up to [`LABEL_BATCH`] labels
+//!   are made at once (`run_batched`), each settled by its own result.
 //! - [`HoldReleases`] (`fulfillment-releases`, on `platform.oms.order.*`, acting on
 //!   `order.released` and `order.screened`): the label step for the shipments a hold kept
 //!   waiting. While an order is held ([`meridian_store::HoldStore`]) the label step leaves
@@ -56,8 +57,8 @@ use tokio::sync::watch;
 
 pub use carrier::{Carrier, CarrierError, CarrierLabel, ManualCarrier};
 pub use consumers::{
-    HoldReleases, LABELS_CONSUMER, LabelMaker, ORDERS_CONSUMER, OrderFulfiller, RELEASES_CONSUMER,
-    SHIPMENTS_CONSUMER, ShipmentPlanner, label_key,
+    HoldReleases, LABELS_CONSUMER, LabelBatches, LabelMaker, ORDERS_CONSUMER, OrderFulfiller,
+    RELEASES_CONSUMER, SHIPMENTS_CONSUMER, ShipmentPlanner, label_key,
 };
 pub use http_carrier::{HttpCarrier, HttpCarrierConfig};
 pub use labels::{LabelStore, LabelStoreError, LocalLabelStore, check_key, parse_s3_url};
@@ -122,6 +123,11 @@ fn consumers(deployment: &str) -> Result<[(&'static str, TopicPattern); 4], BusE
 
 /// The most order events whose shipments are written in one store transaction.
 pub const PLANNER_BATCH: usize = 128;
+
+/// Labels made at once by `fulfillment-labels` (see [`LabelBatches`]): enough
+/// to overlap the carrier calls, object writes and store updates of a burst, few enough
+/// not to flood an HTTP carrier.
+pub const LABEL_BATCH: usize = 16;
 
 /// The same options when declaring and when running, so a broker that stores a durable
 /// consumer's settings (NATS) sees one configuration.
@@ -207,9 +213,20 @@ impl Fulfillment {
             )
             .await_screening(self.await_screening),
         );
+        let (labels_name, labels_pattern) = labels;
+        let make_labels = consumer::run_batched(
+            bus.clone(),
+            labels_pattern,
+            options(labels_name),
+            Arc::new(LabelBatches(label_maker.clone())),
+            LABEL_BATCH,
+            self.retry,
+            dead_letters.clone(),
+            shutdown.clone(),
+        );
         tokio::try_join!(
             plan,
-            run(labels, label_maker.clone()),
+            make_labels,
             run(orders, Arc::new(OrderFulfiller::new(self.store.clone()))),
             run(releases, Arc::new(HoldReleases::new(label_maker))),
         )?;

@@ -24,7 +24,7 @@ use meridian_inventory::NewWarehouse;
 use meridian_orders::{AllocationStrategy, OrderLineRequest, OrderRequest, PlaceOrder};
 use meridian_relay::{Relay, RelayConfig, StoreDeadLetterSink};
 use meridian_store::sqlite::{SqliteConfig, SqliteStore};
-use meridian_store::{PageRequest, Store};
+use meridian_store::{DeadLetterRecord, PageRequest, Store};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -226,6 +226,26 @@ pub(crate) async fn wait_shipment(
     }
 }
 
+/// Waits up to `wait` for the tenant's first dead letter.
+pub(crate) async fn first_dead_letter(
+    store: &dyn Store,
+    t: TenantId,
+    wait: Duration,
+) -> DeadLetterRecord {
+    let deadline = Instant::now() + wait;
+    loop {
+        let page = store
+            .list_dead_letters(Some(t), PageRequest::default())
+            .await
+            .unwrap();
+        if let Some(d) = page.items.into_iter().next() {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn assert_labelled(stack: &Stack, s: &Shipment) {
     assert_eq!(s.status, ShipmentStatus::LabelCreated);
     assert_eq!(s.carrier, "http");
@@ -269,19 +289,7 @@ async fn after_three_failures_the_label_is_a_dead_letter_and_a_replay_resumes_it
     let t = place_order(&*stack.store).await;
 
     // Three attempts, three 503s: a dead letter with the carrier's reason.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let page = stack
-            .store
-            .list_dead_letters(Some(t), PageRequest::default())
-            .await
-            .unwrap();
-        if let Some(d) = page.items.into_iter().next() {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let dead = first_dead_letter(&*stack.store, t, Duration::from_secs(30)).await;
     assert_eq!(dead.consumer, LABELS_CONSUMER);
     assert_eq!(dead.attempts, 3);
     assert!(dead.reason.contains("503"), "{}", dead.reason);
@@ -300,5 +308,40 @@ async fn after_three_failures_the_label_is_a_dead_letter_and_a_replay_resumes_it
     let s = wait_shipment(&*stack.store, t, |s| s.status != ShipmentStatus::Pending).await;
     assert_labelled(&stack, &s).await;
     assert_eq!(carrier.calls.load(Ordering::SeqCst), 4);
+    let _ = stack.stop.send(true);
+}
+
+/// Two deliveries of one `shipment.created` in one batch (a redelivery beside the
+/// original) make one carrier call, and both deliveries are settled by its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_twice_in_one_label_batch_gets_one_carrier_call() {
+    use meridian_bus::{BatchHandler, Message};
+    use meridian_fulfillment_service::{LabelBatches, LabelMaker};
+
+    // Three 503s leave the shipment pending, with its event as a dead letter.
+    let (url, carrier) = carrier(Failure::Unavailable, 3).await;
+    let stack = stack(&url).await;
+    let t = place_order(&*stack.store).await;
+    let dead = first_dead_letter(&*stack.store, t, Duration::from_secs(30)).await;
+    assert_eq!(carrier.calls.load(Ordering::SeqCst), 3);
+
+    let http: Arc<dyn Carrier> = Arc::new(
+        HttpCarrier::new(HttpCarrierConfig {
+            timeout: Duration::from_millis(300),
+            ..HttpCarrierConfig::new(&url)
+        })
+        .unwrap(),
+    );
+    let batches = LabelBatches(Arc::new(LabelMaker::new(
+        stack.store.clone(),
+        stack.labels.clone(),
+        vec![http],
+    )));
+    let event = Message::new(dead.original_topic.clone(), dead.envelope.clone());
+    let results = batches.handle_batch(&[&event, &event]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(carrier.calls.load(Ordering::SeqCst), 4, "one call for both");
+    let s = wait_shipment(&*stack.store, t, |s| s.status != ShipmentStatus::Pending).await;
+    assert_labelled(&stack, &s).await;
     let _ = stack.stop.send(true);
 }

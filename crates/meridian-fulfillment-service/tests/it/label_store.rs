@@ -4,7 +4,7 @@
 //! while labels are being made (retries, then a dead letter, then a replay).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_fulfillment::ShipmentStatus;
 use meridian_fulfillment_service::s3_test_server::{
@@ -14,9 +14,8 @@ use meridian_fulfillment_service::{
     LABELS_CONSUMER, LabelStore, LabelStoreError, LocalLabelStore, ManualCarrier, S3LabelStore,
     S3LabelStoreConfig,
 };
-use meridian_store::PageRequest;
 
-use crate::http_carrier::{place_order, stack_with, wait_shipment};
+use crate::http_carrier::{first_dead_letter, place_order, stack_with, wait_shipment};
 
 const BUCKET: &str = "labels";
 
@@ -150,19 +149,7 @@ async fn an_s3_outage_dead_letters_the_label_and_a_replay_resumes_it() {
     .await;
     let t = place_order(&*stack.store).await;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let dead = loop {
-        let page = stack
-            .store
-            .list_dead_letters(Some(t), PageRequest::default())
-            .await
-            .unwrap();
-        if let Some(d) = page.items.into_iter().next() {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let dead = first_dead_letter(&*stack.store, t, Duration::from_secs(60)).await;
     assert_eq!(dead.consumer, LABELS_CONSUMER);
     assert_eq!(dead.attempts, 3);
     assert!(
