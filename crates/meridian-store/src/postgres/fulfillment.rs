@@ -96,17 +96,16 @@ impl PgStore {
     ) -> Result<Shipment> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error::db)?;
-        let stmt = tx
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM shipments WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
-            ))
-            .await
-            .map_err(error::db)?;
-        let row = tx
-            .query_opt(&stmt, &[tenant.as_uuid(), id.as_uuid()])
-            .await
-            .map_err(error::db)?
-            .ok_or_else(|| StoreError::not_found("shipment", id))?;
+        let row = super::select_by_id(
+            &tx,
+            "shipments",
+            COLUMNS,
+            tenant,
+            id.as_uuid(),
+            "shipment",
+            "FOR UPDATE",
+        )
+        .await?;
         let mut s = shipment(&row)?;
         if blocked_by_hold(&s) {
             // FOR SHARE on the order: a hold being placed waits for this commit, and this

@@ -87,17 +87,16 @@ async fn lock(
     tenant: TenantId,
     order: OrderId,
 ) -> Result<(OrderStatus, OrderHoldState)> {
-    let stmt = tx
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM orders WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
-        ))
-        .await
-        .map_err(error::db)?;
-    let row = tx
-        .query_opt(&stmt, &[tenant.as_uuid(), order.as_uuid()])
-        .await
-        .map_err(error::db)?
-        .ok_or_else(|| StoreError::not_found("order", order))?;
+    let row = super::select_by_id(
+        tx,
+        "orders",
+        COLUMNS,
+        tenant,
+        order.as_uuid(),
+        "order",
+        "FOR UPDATE",
+    )
+    .await?;
     state_row(&row)
 }
 

@@ -224,18 +224,33 @@ impl PgStore {
         what: &'static str,
     ) -> Result<tokio_postgres::Row> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {columns} FROM {table} WHERE tenant_id = $1 AND id = $2"
-            ))
-            .await
-            .map_err(error::db)?;
-        client
-            .query_opt(&stmt, &[tenant.as_uuid(), id])
-            .await
-            .map_err(error::db)?
-            .ok_or_else(|| StoreError::not_found(what, id))
+        select_by_id(&client, table, columns, tenant, id, what, "").await
     }
+}
+
+/// `columns` of the row of `table` with this tenant and id, read on `client` (a pooled
+/// connection, or a transaction with `lock` = `"FOR UPDATE"` or `"FOR SHARE"`); `NotFound`
+/// (`what`, `id`) when the tenant has none, so another tenant's id reads as missing.
+async fn select_by_id(
+    client: &impl deadpool_postgres::GenericClient,
+    table: &str,
+    columns: &str,
+    tenant: TenantId,
+    id: &uuid::Uuid,
+    what: &'static str,
+    lock: &str,
+) -> Result<tokio_postgres::Row> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {columns} FROM {table} WHERE tenant_id = $1 AND id = $2 {lock}"
+        ))
+        .await
+        .map_err(error::db)?;
+    client
+        .query_opt(&stmt, &[tenant.as_uuid(), id])
+        .await
+        .map_err(error::db)?
+        .ok_or_else(|| StoreError::not_found(what, id))
 }
 
 #[async_trait]
