@@ -221,6 +221,21 @@ impl DeadLetterSink for NoopSink {
     }
 }
 
+/// Creates a durable consumer on the bus without consuming anything: subscribes once with
+/// `options` and lets go. A backend that keeps messages only for consumers that exist
+/// (RabbitMQ queues) then keeps every message published from now on, before the consumer
+/// first runs. Services declare their consumers this way before the outbox relay starts.
+/// Declare with the same options the consumer runs with, so that a backend that stores a
+/// durable consumer's settings (NATS) sees one configuration.
+pub async fn declare(
+    bus: &dyn Bus,
+    pattern: &TopicPattern,
+    options: SubscribeOptions,
+) -> Result<(), BusError> {
+    drop(bus.subscribe(pattern, options).await?);
+    Ok(())
+}
+
 /// How long the loop waits before asking an unavailable backend again.
 const RECONNECT_BACKOFF: RetryPolicy = RetryPolicy {
     max_attempts: u32::MAX,

@@ -159,12 +159,11 @@ impl Fulfillment {
         }
     }
 
-    /// Creates the durable consumers on the bus (subscribes once and lets go), so that a
-    /// broker that keeps messages only for consumers that exist (RabbitMQ) keeps every
-    /// event from now on. Call it before the relay starts.
+    /// Declares the four durable consumers ([`consumer::declare`]). Call it before the
+    /// relay starts.
     pub async fn declare(bus: &dyn Bus, deployment: &str) -> Result<(), BusError> {
         for (name, pattern) in consumers(deployment)? {
-            drop(bus.subscribe(&pattern, options(name)).await?);
+            consumer::declare(bus, &pattern, options(name)).await?;
         }
         Ok(())
     }

@@ -43,11 +43,10 @@ fn options() -> SubscribeOptions {
     }
 }
 
-/// Creates the durable consumer on the bus (subscribes once and lets go), so that a broker
-/// that keeps messages only for consumers that exist (RabbitMQ) keeps every snapshot.
+/// Declares the durable consumer ([`consumer::declare`]), so that no snapshot published
+/// before it first runs is lost.
 pub async fn declare(bus: &dyn Bus, deployment: &str) -> Result<(), BusError> {
-    drop(bus.subscribe(&pattern(deployment)?, options()).await?);
-    Ok(())
+    consumer::declare(bus, &pattern(deployment)?, options()).await
 }
 
 /// Runs the consumer until `shutdown` turns `true`.

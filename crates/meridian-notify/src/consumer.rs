@@ -243,12 +243,12 @@ fn options(consumer: &str) -> SubscribeOptions {
     }
 }
 
-/// Creates both durable consumers on the bus, so that events published from now on are
-/// kept for them even before [`run_consumers`] subscribes. Call it before starting the
-/// outbox relay.
+/// Declares both durable consumers ([`consumer::declare`]), so that events published from
+/// now on are kept for them even before [`run_consumers`] subscribes. Call it before
+/// starting the outbox relay.
 pub async fn declare(bus: &dyn Bus, deployment: &str) -> Result<(), BusError> {
     for (name, pattern) in subscriptions(deployment)? {
-        drop(bus.subscribe(&pattern, options(name)).await?);
+        consumer::declare(bus, &pattern, options(name)).await?;
     }
     Ok(())
 }

@@ -97,15 +97,11 @@ fn options() -> SubscribeOptions {
     }
 }
 
-/// Creates the durable consumer on the bus (subscribes once and lets go), so that a
-/// backend that keeps messages only for consumers that exist (RabbitMQ queues) keeps
-/// every event the relay publishes from now on, even before [`run_order_events`] has
-/// subscribed. Call it before starting the relay.
+/// Declares the durable consumer ([`consumer::declare`]), so that every event the relay
+/// publishes from now on is kept for it, even before [`run_order_events`] has subscribed.
+/// Call it before starting the relay.
 pub async fn declare_order_events(bus: &dyn Bus, deployment: &str) -> Result<(), BusError> {
-    let pattern = order_events_pattern(deployment)?;
-    let subscription = bus.subscribe(&pattern, options()).await?;
-    drop(subscription);
-    Ok(())
+    consumer::declare(bus, &order_events_pattern(deployment)?, options()).await
 }
 
 /// Runs the projection consumer on `bus` until `shutdown` turns `true`: a durable consumer

@@ -176,12 +176,10 @@ fn options() -> SubscribeOptions {
     }
 }
 
-/// Creates the durable consumer on the bus (subscribes once and lets go), so that a broker
-/// that keeps messages only for consumers that exist keeps every decision from now on.
+/// Declares the durable consumer ([`consumer::declare`]), so that every decision from now
+/// on is kept for it.
 pub async fn declare_fraud_decisions(bus: &dyn Bus, deployment: &str) -> Result<(), BusError> {
-    let pattern = fraud_decisions_pattern(deployment)?;
-    drop(bus.subscribe(&pattern, options()).await?);
-    Ok(())
+    consumer::declare(bus, &fraud_decisions_pattern(deployment)?, options()).await
 }
 
 /// Runs the consumer until `shutdown` turns `true`: per-message retries with backoff, then
