@@ -467,6 +467,20 @@ async fn hold_events(store: &dyn Store, order: &Order) -> Vec<String> {
         .collect()
 }
 
+async fn hold_state(f: &Fixture, order: &Order) -> meridian_store::OrderHoldState {
+    f.store
+        .holds()
+        .order_hold(f.tenant, order.id)
+        .await
+        .unwrap()
+}
+
+/// The order has no hold, no screening result and no hold event.
+async fn assert_untouched(f: &Fixture, order: &Order) {
+    assert_eq!(hold_state(f, order).await, Default::default());
+    assert!(hold_events(f.store.as_ref(), order).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_fraud_decision_delivered_twice_holds_the_order_once() {
     use meridian_bus::Handler;
@@ -479,12 +493,7 @@ async fn a_fraud_decision_delivered_twice_holds_the_order_once() {
     );
     handler.handle(&hold).await.unwrap();
     handler.handle(&hold).await.unwrap();
-    let state = f
-        .store
-        .holds()
-        .order_hold(f.tenant, order.id)
-        .await
-        .unwrap();
+    let state = hold_state(&f, &order).await;
     let h = state.hold.unwrap();
     assert_eq!(h.source, "fraud-screen");
     assert_eq!(h.reason, "total amount 100 is above 50");
@@ -500,12 +509,7 @@ async fn a_fraud_decision_delivered_twice_holds_the_order_once() {
     );
     handler.handle(&approve).await.unwrap();
     handler.handle(&approve).await.unwrap();
-    let state = f
-        .store
-        .holds()
-        .order_hold(f.tenant, order.id)
-        .await
-        .unwrap();
+    let state = hold_state(&f, &order).await;
     assert_eq!(state.hold, None);
     assert_eq!(state.screening.unwrap().reason, "reviewed");
     assert_eq!(
@@ -530,14 +534,7 @@ async fn a_decision_naming_another_tenant_s_order_is_refused_and_changes_nothing
         .unwrap_err();
     assert!(err.reason.contains("has no order"), "{}", err.reason);
     assert!(err.reason.contains(&other.to_string()), "{}", err.reason);
-    let state = f
-        .store
-        .holds()
-        .order_hold(f.tenant, order.id)
-        .await
-        .unwrap();
-    assert_eq!(state, Default::default());
-    assert!(hold_events(f.store.as_ref(), &order).await.is_empty());
+    assert_untouched(&f, &order).await;
 }
 
 #[tokio::test]
@@ -557,14 +554,7 @@ async fn a_decision_for_a_canceled_order_changes_nothing() {
         ))
         .await
         .unwrap();
-    let state = f
-        .store
-        .holds()
-        .order_hold(f.tenant, order.id)
-        .await
-        .unwrap();
-    assert_eq!(state, Default::default());
-    assert!(hold_events(f.store.as_ref(), &order).await.is_empty());
+    assert_untouched(&f, &order).await;
 }
 
 #[tokio::test]
