@@ -661,14 +661,7 @@ async fn a_deleted_product_cannot_be_ordered() {
 async fn an_orders_events_are_its_recorded_timeline_and_tenant_scoped() {
     let app = TestApp::new().await;
     app.seed().await;
-    let r = app
-        .post(
-            "/v1/orders",
-            json!({"lines": [{"sku": "SKU-1", "quantity": 1}]}),
-        )
-        .await;
-    r.assert_status(StatusCode::CREATED);
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let id = app.place_one("SKU-1").await;
     let path = format!("/v1/orders/{id}/events");
 
     // Nothing has been relayed yet: an empty timeline.
@@ -733,14 +726,7 @@ fn uuid_like() -> String {
 async fn an_operator_holds_and_releases_an_order_by_hand() {
     let app = TestApp::new().await;
     app.seed().await;
-    let r = app
-        .post(
-            "/v1/orders",
-            json!({"lines": [{"sku": "SKU-1", "quantity": 1}]}),
-        )
-        .await;
-    r.assert_status(StatusCode::CREATED);
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let id = app.place_one("SKU-1").await;
     let got = app.get(&format!("/v1/orders/{id}")).await.json();
     assert!(
         got.get("hold").is_none() && got.get("screening").is_none(),

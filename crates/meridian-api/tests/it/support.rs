@@ -147,6 +147,18 @@ impl TestApp {
         }
     }
 
+    /// Places an order for one unit of `sku` (201 expected); its id.
+    pub async fn place_one(&self, sku: &str) -> String {
+        let r = self
+            .post(
+                "/v1/orders",
+                json!({"lines": [{"sku": sku, "quantity": 1}]}),
+            )
+            .await;
+        r.assert_status(StatusCode::CREATED);
+        r.json()["id"].as_str().unwrap().to_owned()
+    }
+
     /// Products SKU-1 (10.00 USD) and SKU-2 (2.50 USD); warehouses WH-A (priority 1) and WH-B
     /// (priority 2); SKU-1 has 5 in WH-A and 10 in WH-B, SKU-2 has 3 in WH-A.
     pub async fn seed(&self) {
