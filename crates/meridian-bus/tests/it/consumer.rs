@@ -70,10 +70,15 @@ impl DeadLetterSink for Recorded {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_handler_is_retried_then_dead_lettered() {
+/// Declares the durable consumer `name` on `t`, publishes one message and runs `handler`
+/// on it under [`fast_policy`] until its dead letter is published; returns the letter's
+/// data and how many letters the sink recorded.
+async fn dead_letter_of_one(
+    t: &Topic,
+    name: &str,
+    handler: Arc<dyn Handler>,
+) -> (serde_json::Value, usize) {
     let bus = Arc::new(MemoryBus::new());
-    let t = Topic::platform("d", "test", "panic.created");
     let mut dlq = bus
         .subscribe(
             &TopicPattern::exact(&t.dead_letter()),
@@ -81,41 +86,45 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
         )
         .await
         .unwrap();
-    let handler = Arc::new(Scripted {
-        calls: AtomicU32::new(0),
-        panic: true,
-        called: Notify::new(),
-    });
     let sink = Arc::new(Recorded::default());
     let (stop, shutdown) = watch::channel(false);
     // Subscribing before the loop starts would race it; the durable group keeps the message
     // for the loop's subscription whenever it arrives.
-    let options = SubscribeOptions::durable("exploder");
-    drop(
-        bus.subscribe(&TopicPattern::exact(&t), options.clone())
-            .await
-            .unwrap(),
-    );
-    bus.publish(message(&t, 1)).await.unwrap();
+    let options = SubscribeOptions::durable(name);
+    consumer::declare(bus.as_ref(), &TopicPattern::exact(t), options.clone())
+        .await
+        .unwrap();
+    bus.publish(message(t, 1)).await.unwrap();
     let task = tokio::spawn(consumer::run(
         bus.clone(),
-        TopicPattern::exact(&t),
+        TopicPattern::exact(t),
         options,
-        handler.clone(),
+        handler,
         fast_policy(),
         sink.clone(),
         shutdown,
     ));
     let d = timeout(WAIT, dlq.next()).await.unwrap().unwrap();
-    assert_eq!(d.message.envelope().data["attempts"], 3);
-    assert_eq!(
-        d.message.envelope().data["reason"],
-        "handler panicked: handler exploded"
-    );
+    let data = d.message.envelope().data.clone();
     stop.send(true).unwrap();
     timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    let recorded = sink.0.lock().unwrap().len();
+    (data, recorded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_retried_then_dead_lettered() {
+    let handler = Arc::new(Scripted {
+        calls: AtomicU32::new(0),
+        panic: true,
+        called: Notify::new(),
+    });
+    let t = Topic::platform("d", "test", "panic.created");
+    let (letter, recorded) = dead_letter_of_one(&t, "exploder", handler.clone()).await;
+    assert_eq!(letter["attempts"], 3);
+    assert_eq!(letter["reason"], "handler panicked: handler exploded");
     assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
-    assert_eq!(sink.0.lock().unwrap().len(), 1);
+    assert_eq!(recorded, 1);
 }
 
 /// Refuses every message as a permanent failure.
@@ -133,44 +142,13 @@ impl Handler for Refuses {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_failure_is_dead_lettered_on_its_first_attempt() {
-    let bus = Arc::new(MemoryBus::new());
-    let t = Topic::platform("d", "test", "refused.created");
-    let mut dlq = bus
-        .subscribe(
-            &TopicPattern::exact(&t.dead_letter()),
-            SubscribeOptions::ephemeral("watch"),
-        )
-        .await
-        .unwrap();
     let handler = Arc::new(Refuses(AtomicU32::new(0)));
-    let sink = Arc::new(Recorded::default());
-    let (stop, shutdown) = watch::channel(false);
-    let options = SubscribeOptions::durable("refuser");
-    drop(
-        bus.subscribe(&TopicPattern::exact(&t), options.clone())
-            .await
-            .unwrap(),
-    );
-    bus.publish(message(&t, 1)).await.unwrap();
-    let task = tokio::spawn(consumer::run(
-        bus.clone(),
-        TopicPattern::exact(&t),
-        options,
-        handler.clone(),
-        fast_policy(),
-        sink.clone(),
-        shutdown,
-    ));
-    let d = timeout(WAIT, dlq.next()).await.unwrap().unwrap();
-    assert_eq!(d.message.envelope().data["attempts"], 1);
-    assert_eq!(
-        d.message.envelope().data["reason"],
-        "count 3 is below the 5 units reserved"
-    );
-    stop.send(true).unwrap();
-    timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    let t = Topic::platform("d", "test", "refused.created");
+    let (letter, recorded) = dead_letter_of_one(&t, "refuser", handler.clone()).await;
+    assert_eq!(letter["attempts"], 1);
+    assert_eq!(letter["reason"], "count 3 is below the 5 units reserved");
     assert_eq!(handler.0.load(Ordering::SeqCst), 1, "no retry");
-    assert_eq!(sink.0.lock().unwrap().len(), 1);
+    assert_eq!(recorded, 1);
 }
 
 /// A bus whose subscribe and `next` fail with `Unavailable` a few times first.
