@@ -3,40 +3,19 @@
 //! webhooks off loopback unless the deployment allows private addresses. On SQLite with the
 //! embedded bus.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_auth::MasterKey;
-use meridian_bus_embedded::{EmbeddedBus, EmbeddedConfig};
-use meridian_core::EventSource;
 use meridian_http::test_support::{Received, TestCa};
 use meridian_http::{AddressGuard, Outbound};
 use meridian_notify::secrets::is_sealed;
 use meridian_notify::{SecretSealer, WorkerConfig};
+use meridian_store::PageRequest;
 use meridian_store::notify::{NewWebhookEndpoint, NotificationStatus};
-use meridian_store::sqlite::SqliteConfig;
-use meridian_store::{PageRequest, StoreConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::sqlite_embedded::stack_with;
 use crate::support::{Stack, fast_retries};
-
-async fn stack(config: WorkerConfig) -> (Stack, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("meridian.db");
-    let deployment = "notifytls";
-    let store = meridian_store::open(
-        StoreConfig::Sqlite(SqliteConfig::new(&path)),
-        EventSource::new(deployment).unwrap(),
-    )
-    .await
-    .unwrap();
-    let bus = Arc::new(
-        EmbeddedBus::open(EmbeddedConfig::Sqlite { path })
-            .await
-            .unwrap(),
-    );
-    (Stack::start_with(store, bus, deployment, config).await, dir)
-}
 
 /// Stores an endpoint at `url` whose secret is stored as `stored`.
 async fn endpoint(
@@ -93,7 +72,7 @@ async fn https_webhooks_under_a_private_ca_are_signed_with_sealed_secrets() {
     let (sealed_addr, mut sealed_rx) = ca.serve(200).await;
     let (clear_addr, mut clear_rx) = ca.serve(200).await;
     let sealer = SecretSealer::new(MasterKey::generate());
-    let (stack, _dir) = stack(WorkerConfig {
+    let (stack, _dir) = stack_with(WorkerConfig {
         outbound: Outbound::with_ca_pem(ca.ca_pem.as_bytes()).unwrap(),
         secrets: Some(sealer.clone()),
         ..fast_retries()
@@ -167,7 +146,7 @@ async fn until_status(
 async fn the_address_guard_keeps_webhooks_off_loopback() {
     let ca = TestCa::new();
     let (addr, mut rx) = ca.serve(200).await;
-    let (stack, _dir) = stack(WorkerConfig {
+    let (stack, _dir) = stack_with(WorkerConfig {
         outbound: Outbound::with_ca_pem(ca.ca_pem.as_bytes()).unwrap(),
         address_guard: AddressGuard::STRICT,
         ..fast_retries()

@@ -9,7 +9,11 @@ use meridian_store::sqlite::SqliteConfig;
 
 use crate::support::Stack;
 
-async fn stack_with(config: meridian_notify::WorkerConfig) -> (Stack, tempfile::TempDir) {
+/// The SQLite store and the embedded bus in one file of a fresh directory, with the
+/// notification consumers and worker running under `config`.
+pub(crate) async fn stack_with(
+    config: meridian_notify::WorkerConfig,
+) -> (Stack, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meridian.db");
     let deployment = "notifytest";
