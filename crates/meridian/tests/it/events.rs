@@ -45,17 +45,6 @@ async fn wait_for_timeline(api: &Api, order: &str, want: &[&str]) -> Vec<Value> 
     }
 }
 
-async fn place(api: &Api, sku: &str) -> String {
-    let order = api
-        .ok(
-            Method::POST,
-            "/v1/orders",
-            Some(json!({"lines": [{"sku": sku, "quantity": 1}]})),
-        )
-        .await;
-    order["id"].as_str().unwrap().to_owned()
-}
-
 /// Places an order, cancels it, and sees both events in its timeline; another tenant gets
 /// 404 for it.
 async fn timeline_end_to_end(db: &Db, server: &Server, bus: &str) {
@@ -66,7 +55,7 @@ async fn timeline_end_to_end(db: &Db, server: &Server, bus: &str) {
     assert_eq!(ready["bus_backend"], bus, "{ready}");
     api.seed("EV-1", &[10]).await;
 
-    let id = place(&api, "EV-1").await;
+    let id = api.place_one("EV-1").await;
     let items = wait_for_timeline(&api, &id, &["meridian.oms.order.created"]).await;
     assert_eq!(items[0]["data"]["id"], id.as_str());
     api.ok(Method::POST, &format!("/v1/orders/{id}/cancel"), None)
@@ -362,14 +351,14 @@ async fn orders_commit_while_the_bus_is_down_and_the_outbox_drains_after() {
     let (_, key) = create_tenant(&db, "Outage");
     let api = Api::new(&server.base, &key);
     api.seed("OUT-1", &[100]).await;
-    let before = place(&api, "OUT-1").await;
+    let before = api.place_one("OUT-1").await;
     wait_for_timeline(&api, &before, &["meridian.oms.order.created"]).await;
 
     nats.stop().await;
     let mut during = Vec::new();
     for _ in 0..5 {
         // Degrade, don't fail: 201 while the bus is down.
-        during.push(place(&api, "OUT-1").await);
+        during.push(api.place_one("OUT-1").await);
     }
     let ready = api.ok(Method::GET, "/readyz", None).await;
     assert_eq!(ready["status"], "ready", "{ready}");

@@ -38,17 +38,6 @@ async fn wait_for(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bo
     }
 }
 
-async fn order_one(api: &Api, sku: &str) -> String {
-    let order = api
-        .ok(
-            Method::POST,
-            "/v1/orders",
-            Some(json!({"lines": [{"sku": sku, "quantity": 1}]})),
-        )
-        .await;
-    order["id"].as_str().unwrap().to_owned()
-}
-
 fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
     move |b| b["items"][0]["status"] == status
 }
@@ -77,7 +66,7 @@ async fn labels_live_in_an_s3_bucket_and_survive_its_outage() {
     let (tenant, key) = create_tenant(&db, "S3 labels");
     let api = Api::new(&server.base, &key);
     api.seed("S3-1", &[5]).await;
-    let order_id = order_one(&api, "S3-1").await;
+    let order_id = api.place_one("S3-1").await;
     let list = wait_for(
         &api,
         &format!("/v1/shipments?order_id={order_id}"),
@@ -137,7 +126,7 @@ async fn labels_live_in_an_s3_bucket_and_survive_its_outage() {
         .unwrap();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["label_store"]["status"], "unavailable", "{ready}");
-    let second = order_one(&api, "S3-1").await;
+    let second = api.place_one("S3-1").await;
     let dead = wait_for(&api, "/v1/dead-letters", "a label dead letter", |page| {
         page["items"]
             .as_array()

@@ -254,6 +254,18 @@ impl Api {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// Places an order for one unit of `sku` (2xx expected); its id.
+    pub async fn place_one(&self, sku: &str) -> String {
+        let order = self
+            .ok(
+                reqwest::Method::POST,
+                "/v1/orders",
+                Some(serde_json::json!({"lines": [{"sku": sku, "quantity": 1}]})),
+            )
+            .await;
+        order["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let (status, v) = self
             .send(method.clone(), path, body)
