@@ -3,11 +3,9 @@
 //! (`meridian sidecar --plugin`): a pending grant allows nothing, an approved one does.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use meridian_core::TenantId;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::{Db, EXE, run_cli};
 
@@ -59,14 +57,7 @@ async fn publish_through_registry_sidecar(db: &Db, name: &str, rel: &str) -> req
         .kill_on_drop(true)
         .spawn()
         .expect("spawn the sidecar");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the sidecar printed its address in time")
-        .unwrap()
-        .expect("the sidecar exited before listening");
-    let v: Value = serde_json::from_str(&line).unwrap();
-    let base = format!("http://{}", v["listening"].as_str().unwrap());
+    let base = crate::support::sidecar_base_url(&mut child).await;
     let status = crate::support::http()
         .post(format!("{base}/v1/publish"))
         .bearer_auth(TOKEN)

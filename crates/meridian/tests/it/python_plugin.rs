@@ -14,7 +14,6 @@ use meridian_bus::{Bus, Message, StartAt, SubscribeOptions, Subscription, TopicP
 use meridian_bus_embedded::{EmbeddedBus, EmbeddedConfig};
 use meridian_core::{Envelope, TenantId, Topic};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::support::{Api, Db, EXE, Server, create_tenant, run_cli};
@@ -64,15 +63,7 @@ pub(crate) async fn spawn_fraud_screen_sidecar(
         .kill_on_drop(true)
         .spawn()
         .expect("spawn meridian sidecar");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the sidecar printed its address in time")
-        .expect("read stdout")
-        .expect("the sidecar exited before listening");
-    let v: Value = serde_json::from_str(&line).expect("a JSON line");
-    let url = format!("http://{}", v["listening"].as_str().unwrap());
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let url = crate::support::sidecar_base_url(&mut child).await;
     (child, url)
 }
 

@@ -14,7 +14,6 @@ use meridian_bus::{Bus, Message, StartAt, SubscribeOptions, TopicPattern};
 use meridian_core::{Envelope, TenantId, Topic};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::support::EXE;
@@ -144,16 +143,7 @@ impl Sidecar {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn meridian sidecar");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the sidecar printed its address in time")
-            .expect("read stdout")
-            .expect("the sidecar exited before listening");
-        let v: Value = serde_json::from_str(&line).expect("a JSON line");
-        let base = format!("http://{}", v["listening"].as_str().unwrap());
-        // Keep reading stdout so the sidecar never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let base = crate::support::sidecar_base_url(&mut child).await;
         Sidecar {
             child,
             base,

@@ -303,3 +303,21 @@ impl Api {
         }
     }
 }
+
+/// Waits for the line a starting `meridian sidecar` prints once it listens
+/// (`{"listening": "<addr>"}`) and returns its base URL; the rest of its stdout is read in
+/// the background, so the sidecar never blocks on a full pipe.
+pub async fn sidecar_base_url(child: &mut tokio::process::Child) -> String {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let stdout = child.stdout.take().expect("the sidecar's stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the sidecar printed its address in time")
+        .expect("read stdout")
+        .expect("the sidecar exited before listening");
+    let v: Value = serde_json::from_str(&line).expect("a JSON line");
+    let base = format!("http://{}", v["listening"].as_str().unwrap());
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    base
+}
